@@ -1,0 +1,168 @@
+"""The library API: `Captioner.from_pretrained().caption_video(path)`.
+
+One decoding pass drives every stage: each frame goes to the shot detector (small BGR),
+a few per second are kept as 224x224 keyframe candidates; as soon as a segment is final
+its keyframes are encoded and the candidates before it are dropped. Captions are then
+generated for all segments in batches, repaired, and consecutive segments that say the
+same thing are merged into one subtitle entry.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import korean, modelfile
+from .captions import Caption, generate
+from .features import Encoder, load_image
+from .frames import KeyframePool
+from .progress import progress_bar
+from .shots import Segment, SegmentSpec, ShotDetector, detect_size, segments_from_cuts
+from .video import VideoInfo, frames, probe
+
+
+@dataclass
+class CaptionedSegment:
+    start: float
+    end: float
+    text: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+                "score": round(self.score, 4)}
+
+
+@dataclass
+class VideoCaptions:
+    path: Path
+    info: VideoInfo | None
+    segments: list[CaptionedSegment]
+    model: str
+    shots: list[Segment] = field(default_factory=list)  # before merging, for inspection
+
+    def to_dict(self) -> dict:
+        return {"input": str(self.path), "segments": [s.to_dict() for s in self.segments], "model": self.model}
+
+
+def merge_repeats(segments: list[CaptionedSegment]) -> list[CaptionedSegment]:
+    """Join neighbours whose captions say the same thing, so no sentence shows twice in a row."""
+    out: list[CaptionedSegment] = []
+    for s in segments:
+        if out and _same(out[-1].text, s.text):
+            prev = out[-1]
+            out[-1] = CaptionedSegment(prev.start, s.end, prev.text, max(prev.score, s.score))
+        else:
+            out.append(CaptionedSegment(s.start, s.end, s.text, s.score))
+    return out
+
+
+def _same(a: str, b: str) -> bool:
+    strip = lambda t: "".join(ch for ch in t if ch.isalnum())  # noqa: E731 - spacing/punctuation aside
+    return strip(a) == strip(b)
+
+
+Progress = Callable[[str, float, float | None], None]
+
+
+class Captioner:
+    def __init__(self, loaded: modelfile.Loaded, *, beam: int | None = None, keyframes: int = 4,
+                 encoder_backend: str = "auto", threads: int | None = None):
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.vocab = loaded.vocab
+        self.name = loaded.name
+        self.beam = beam or int(loaded.meta.get("decoding", {}).get("beam", 3))
+        self.keyframes = keyframes
+        self.threads = threads or os.cpu_count() or 1
+        torch.set_num_threads(self.threads)
+        self._encoder_backend = encoder_backend
+        self._encoder: Encoder | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> "Captioner":
+        """Load a model folder (default: the model shipped in the package)."""
+        return cls(modelfile.load(path), **kwargs)
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self._encoder_backend, threads=self.threads)
+        return self._encoder
+
+    # ------------------------------------------------------------------ images
+
+    def caption_features(self, segments: list[np.ndarray]) -> list[Caption]:
+        return generate(self.model, self.vocab, segments, beam=self.beam)
+
+    def caption_image(self, image: str | Path | Image.Image) -> CaptionedSegment:
+        feats = self.encoder.encode(load_image(image)[None])
+        cap = self.caption_features([feats])[0]
+        return CaptionedSegment(0.0, 0.0, cap.text, cap.score)
+
+    # ------------------------------------------------------------------ videos
+
+    def caption_video(self, path: str | Path, spec: SegmentSpec | None = None, *,
+                      progress: bool = False, on_stage: Progress | None = None) -> VideoCaptions:
+        spec = spec or SegmentSpec()
+        info = probe(path)
+        detector = ShotDetector(spec, info.fps)
+        small = detect_size(info.width, info.height)
+        pool = KeyframePool()
+        seg_feats: list[np.ndarray] = []
+        segments: list[Segment] = []
+        cuts: list[float] = []
+        closed = 0.0  # segments before this time are final and encoded
+
+        def close_until(t: float, final: bool = False) -> None:
+            nonlocal closed
+            for s in segments_from_cuts(cuts, t, spec, final=final):
+                if s.start < closed - 1e-6:
+                    continue
+                seg_feats.append(self.encoder.encode(pool.take(s.start, s.end, self.keyframes)))
+                segments.append(s)
+                closed = s.end
+            pool.drop_before(closed)
+
+        end = 0.0
+        total = info.duration or None
+        with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress) as advance:
+            for f in frames(info):
+                if detector.needs_frames:
+                    new = detector.push(f.time, f.bgr(*small))
+                    cuts.extend(new)
+                if pool.wants(f.time):
+                    pool.add(f)
+                frame_end = f.time + 1.0 / info.fps
+                advance(frame_end - end)
+                end = frame_end
+                if on_stage:
+                    on_stage("decode", end, total)
+                # encode finished segments while decoding goes on: memory stays bounded
+                if end - closed > 2 * spec.max_segment or (cuts and cuts[-1] > closed + 1e-6):
+                    close_until(end)
+            cuts.extend(detector.finish())
+            close_until(end, final=True)
+        info.duration = end  # what decoded, not what the header claimed
+
+        with progress_bar("자막 생성 (captions)", total=len(segments), enabled=progress) as advance:
+            caps = []
+            for s in range(0, len(seg_feats), 16):
+                caps.extend(self.caption_features(seg_feats[s : s + 16]))
+                advance(len(seg_feats[s : s + 16]))
+                if on_stage:
+                    on_stage("captions", len(caps), len(segments))
+        raw = [CaptionedSegment(s.start, s.end, c.text, c.score) for s, c in zip(segments, caps)]
+        return VideoCaptions(Path(path), info, merge_repeats(raw), self.name, segments)
+
+
+def segments_to_dicts(items: list[CaptionedSegment]) -> list[dict]:
+    return [asdict(s) for s in items]
+
+
+__all__ = ["Captioner", "CaptionedSegment", "VideoCaptions", "merge_repeats", "korean"]

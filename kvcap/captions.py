@@ -1,0 +1,52 @@
+"""Features -> Korean sentences: pad segments, search, rebuild the text, repair it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import korean
+from .decoding import beam_search
+from .korean import Vocab
+from .models import CaptionModel
+
+
+@dataclass
+class Caption:
+    text: str
+    score: float
+    tokens: list[str]
+
+
+def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (T_i, R, D) arrays -> (B, T_max, R, D) float32 and a (B, T_max) frame mask."""
+    t_max = max(f.shape[0] for f in feats)
+    r, d = feats[0].shape[1:]
+    out = np.zeros((len(feats), t_max, r, d), np.float32)
+    mask = np.zeros((len(feats), t_max), bool)
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+        mask[i, : f.shape[0]] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
+             length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
+             repair: bool = True) -> list[Caption]:
+    """One caption per segment; each segment is a (T, R, D) array of frame features."""
+    out: list[Caption] = []
+    banned = (vocab.pad_id, vocab.bos_id, vocab.unk_id)
+    for s in range(0, len(feats), batch_size):
+        x, mask = pad_segments(feats[s : s + batch_size])
+        hyps = beam_search(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
+                           beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
+                           no_repeat_ngram=no_repeat_ngram)
+        for h in hyps:
+            tokens = vocab.decode(h.ids)
+            text = korean.detokenize(tokens)
+            if repair:
+                text = korean.repair(text)
+            out.append(Caption(korean.finish_sentence(text), h.score, tokens))
+    return out

@@ -1,0 +1,208 @@
+"""Korean text: morpheme tokens with word boundaries, the vocabulary, and the repair pass.
+
+Captions are modelled as Kiwi morphemes. A token is ``form/TAG`` with a leading ``▁``
+when a space precedes it in the sentence, so the model also decides the spacing and
+``Kiwi.join`` rebuilds the exact surface form ('놀이집' stays one word, '서 있다' gets
+its space, 을/를 agree with the noun before them).
+
+The repair pass fixes known broken surface forms in generated text (the student
+project's '…에서 있다' for '…에 서 있다', glued auxiliaries '앉아있다', mismatched
+particles '사람를') by editing the string at the exact places Kiwi points to, so the rest
+of a correct sentence is never touched.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+SPACE = "▁"
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+
+@functools.lru_cache(maxsize=1)
+def kiwi():
+    """The process-wide Kiwi analyser (it holds ~0.5 GB: load it once)."""
+    from kiwipiepy import Kiwi
+
+    return Kiwi()
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _tokens_of(text: str, analysed) -> list[str]:
+    out = []
+    prev_start = -1
+    for t in analysed:
+        # a morpheme sharing its first character with the one before ('된' = 되 + ᆫ) is no new word
+        space = t.start > 0 and text[t.start - 1] == " " and t.start > prev_start
+        prev_start = t.start
+        out.append(f"{SPACE if space else ''}{t.form}/{t.tag}")
+    return out
+
+
+def tokenize(text: str) -> list[str]:
+    """'어린 소녀가 …' -> ['어리/VA', 'ᆫ/ETM', '▁소녀/NNG', '가/JKS', …]."""
+    text = normalize(text)
+    return _tokens_of(text, kiwi().tokenize(text))
+
+
+def tokenize_many(texts: Sequence[str]) -> list[list[str]]:
+    """Batch tokenisation (Kiwi analyses a list faster than one call per sentence)."""
+    norm = [normalize(t) for t in texts]
+    return [_tokens_of(t, a) for t, a in zip(norm, kiwi().tokenize(norm))]
+
+
+def split_token(token: str) -> tuple[str, str, bool]:
+    space = token.startswith(SPACE)
+    body = token[1:] if space else token
+    form, _, tag = body.rpartition("/")
+    return form, tag, space
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Morpheme tokens back to a sentence with Kiwi.join; special tokens are dropped."""
+    morphs = [split_token(t) for t in tokens if t not in SPECIALS]
+    morphs = [m for m in morphs if m[0] and m[1]]
+    if not morphs:
+        return ""
+    first = morphs[0]
+    morphs[0] = (first[0], first[1], False)
+    try:
+        text = kiwi().join(morphs)
+    except Exception:  # join rejects a few impossible tag sequences; never lose the caption
+        text = "".join((" " if s else "") + f for f, _, s in morphs)
+    return normalize(text)
+
+
+def lemmas(text: str) -> list[str]:
+    """Content-word lemmas ('걷는' -> '걷다'), for search and for METEOR-style matching."""
+    out = []
+    for t in kiwi().tokenize(normalize(text)):
+        if t.tag.startswith(("NN", "NP", "NR", "SL", "SN", "XR")):
+            out.append(t.form)
+        elif t.tag.startswith(("VV", "VA", "VX")):
+            out.append(t.form + "다")
+    return out
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+
+    def __post_init__(self):
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+    unk_id = 3
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def build(cls, tokenized: Iterable[Sequence[str]], min_count: int = 3) -> "Vocab":
+        counts = Counter(t for sent in tokenized for t in sent)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls(list(SPECIALS) + kept)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        return [self.index.get(t, self.unk_id) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i in (self.pad_id, self.bos_id):
+                continue
+            out.append(self.tokens[i])
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"tokens": self.tokens}, ensure_ascii=False, indent=0), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        tokens = data["tokens"]
+        if list(tokens[:4]) != list(SPECIALS) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError(f"{path}: not a kvcap vocabulary")
+        return cls(list(tokens))
+
+
+# ----------------------------------------------------------------------------- repair
+
+_HANGUL_BASE, _HANGUL_END = 0xAC00, 0xD7A3
+
+
+def _final_consonant(ch: str) -> int | None:
+    """Index of the final consonant of a Hangul syllable (0 = none); None for non-Hangul."""
+    code = ord(ch)
+    if not _HANGUL_BASE <= code <= _HANGUL_END:
+        return None
+    return (code - _HANGUL_BASE) % 28
+
+
+# particle pairs: (after a final consonant, after a vowel)
+_PARTICLES = {"JKO": ("을", "를"), "JKS": ("이", "가"), "JX": ("은", "는"), "JC": ("과", "와"), "JKB": ("과", "와")}
+
+
+def repair(text: str) -> str:
+    """Fix known broken surface forms; a correct sentence comes back unchanged."""
+    text = normalize(text)
+    if not text:
+        return text
+    toks = kiwi().tokenize(text)
+    inserts: set[int] = set()  # char offsets where a space goes
+    replace: dict[int, str] = {}  # char offset -> corrected particle
+    for i, t in enumerate(toks):
+        nxt = toks[i + 1 : i + 4]
+        # '…에서 있다' -> '…에 서 있다': Kiwi reads it as 에 + 서(다) + 어 + 있(auxiliary)
+        if (t.tag == "JKB" and t.form == "에" and len(nxt) == 3
+                and (nxt[0].form, nxt[0].tag) == ("서", "VV") and nxt[1].tag == "EC"
+                and (nxt[2].form, nxt[2].tag) == ("있", "VX")
+                and nxt[0].start == t.start + t.len):
+            inserts.add(nxt[0].start)
+            inserts.add(nxt[2].start)
+        # auxiliary 있다 glued to its verb: '앉아있다', '보고있다' -> '앉아 있다', '보고 있다'
+        if (t.form == "있" and t.tag == "VX" and i > 0 and toks[i - 1].tag == "EC"
+                and t.start > 0 and text[t.start - 1] != " "):
+            inserts.add(t.start)
+        # particle that does not agree with the syllable before it: '사람를' -> '사람을'
+        pair = _PARTICLES.get(t.tag)
+        if pair and t.form in pair and t.len == 1 and t.start > 0 and text[t.start - 1] != " ":
+            final = _final_consonant(text[t.start - 1])
+            if final is not None:
+                want = pair[1] if final == 0 else pair[0]
+                if t.tag == "JKB" and t.form not in ("과", "와"):
+                    continue
+                if want != t.form and text[t.start] == t.form:
+                    replace[t.start] = want
+    if not inserts and not replace:
+        return text
+    out = []
+    for i, ch in enumerate(text):
+        if i in inserts and (i == 0 or text[i - 1] != " "):
+            out.append(" ")
+        out.append(replace.get(i, ch))
+    return normalize("".join(out))
+
+
+def finish_sentence(text: str) -> str:
+    """Generated captions end with a full stop, like the training captions."""
+    text = normalize(text)
+    if text and text[-1] not in ".!?":
+        text += "."
+    return text

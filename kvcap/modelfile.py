@@ -1,0 +1,87 @@
+"""A model is a folder: config.json + model.safetensors + vocab.json (+ README.md, the card).
+
+Loading reads JSON and safetensors only, so a model folder from anywhere executes no
+code. The default model ships inside the package and loads the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import KvcapError
+from .korean import Vocab
+from .models import CaptionModel, ModelConfig, build
+
+DEFAULT_MODEL = "koflickr-attend"
+FILES = ("config.json", "model.safetensors", "vocab.json")
+
+
+@dataclass
+class Loaded:
+    model: CaptionModel
+    vocab: Vocab
+    name: str
+    meta: dict = field(default_factory=dict)  # training data, decoding defaults, scores
+
+
+def default_dir() -> Path:
+    return Path(str(resources.files("kvcap") / "pretrained" / DEFAULT_MODEL))
+
+
+def save(folder: str | Path, model: CaptionModel, vocab: Vocab, meta: dict | None = None,
+         card: str | None = None) -> Path:
+    """Write the model files into `folder`, each atomically (config.json last).
+
+    Other files in the folder (a training log, checkpoints) are left alone.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic(folder / "model.safetensors", lambda p: save_file(state, str(p)))
+    _atomic(folder / "vocab.json", vocab.save)
+    if card is not None:
+        _atomic(folder / "README.md", lambda p: p.write_text(card, encoding="utf-8"))
+    config = {"model": model.config.to_dict(), **(meta or {})}
+    text = json.dumps(config, ensure_ascii=False, indent=2)
+    _atomic(folder / "config.json", lambda p: p.write_text(text, encoding="utf-8"))
+    return folder
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(folder: str | Path | None = None) -> Loaded:
+    folder = Path(folder) if folder else default_dir()
+    if not folder.is_dir():
+        raise KvcapError("model folder not found", folder)
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        raise KvcapError(f"not a kvcap model folder (missing {', '.join(missing)})", folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model_cfg = ModelConfig.from_dict(config.pop("model"))
+        vocab = Vocab.load(folder / "vocab.json")
+        state = load_file(str(folder / "model.safetensors"))
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise KvcapError(f"damaged model folder ({exc})", folder) from None
+    if model_cfg.vocab_size != len(vocab):
+        raise KvcapError("vocab.json does not match config.json", folder)
+    model = build(model_cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise KvcapError(f"weights do not match the config ({str(exc).splitlines()[0]})", folder) from None
+    model.eval()
+    return Loaded(model, vocab, config.get("name", folder.name), config)

@@ -1,0 +1,75 @@
+"""What every caption decoder shares: the config, and teacher-forced training on top of `step`.
+
+A decoder sees a segment as features (B, T, R, D): T frames of R regions (the 7x7 grid)
+of D dims, with `frame_mask` (B, T) marking real frames (segments are padded to the
+longest in a batch). An image is a one-frame segment.
+
+Decoding (greedy, beam) only needs two methods, so it works for every architecture:
+    memory, state = model.prepare(feats, frame_mask)
+    logits, state = model.step(tokens, state, memory)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "attend"  # "attend" or "show-tell"
+    vocab_size: int = 0
+    feature_dim: int = 1280  # EfficientNet-Lite0 channels
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    attn_dim: int = 256
+    dropout: float = 0.5
+    max_len: int = 32  # morphemes, <eos> included
+    encoder: str = "efficientnet-lite0"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over regions and real frames: (B, T, R, D) -> (B, D)."""
+    per_frame = feats.mean(dim=2)  # (B, T, D)
+    w = frame_mask.to(per_frame.dtype).unsqueeze(-1)
+    return (per_frame * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class CaptionModel(nn.Module):
+    config: ModelConfig
+
+    def prepare(self, feats: torch.Tensor, frame_mask: torch.Tensor):
+        raise NotImplementedError
+
+    def step(self, tokens: torch.Tensor, state, memory):
+        raise NotImplementedError
+
+    @staticmethod
+    def select(tree, index: torch.Tensor):
+        """Reorder/expand the batch dim of a state or memory (tuples of tensors) for beam search."""
+        if tree is None:
+            return None
+        if isinstance(tree, torch.Tensor):
+            return tree.index_select(0, index)
+        return type(tree)(CaptionModel.select(t, index) for t in tree)
+
+    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens_in (B, L) starting with <bos> -> logits (B, L, V)."""
+        memory, state = self.prepare(feats, frame_mask)
+        out = []
+        for t in range(tokens_in.size(1)):
+            logits, state = self.step(tokens_in[:, t], state, memory)
+            out.append(logits)
+        return torch.stack(out, dim=1)

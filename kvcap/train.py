@@ -1,0 +1,419 @@
+"""Training: `kvcap train`. Read this file top to bottom; the loop is `fit`.
+
+- Features are computed once per file and cached (features.FeatureCache), so epochs
+  only run the small decoder.
+- The model kept is the one with the best validation score (`select`: CIDEr-D of greedy
+  captions, or teacher-forced loss); training stops after `patience` epochs without a
+  better one.
+- A checkpoint (safetensors + JSON) is written after every epoch; `resume` continues
+  from it. Each epoch's shuffling and dropout are seeded by (seed, epoch), so a resumed
+  run ends with the same weights as an uninterrupted one.
+- Under `torchrun --nproc-per-node N`, each process takes every N-th batch and
+  DistributedDataParallel averages gradients (gloo on CPU, NCCL on GPUs).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import data as datasets
+from . import korean, metrics, modelfile
+from .captions import generate, pad_segments
+from .errors import KvcapError
+from .features import FeatureCache, encode_files
+from .korean import Vocab
+from .models import ModelConfig, build
+from .progress import note, progress_bar
+
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v"}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    format: str = "aihub-coco"
+    root: str | None = None
+    out: str = "runs/model"
+    arch: str = "attend"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 5e-4
+    lr_decay: float = 0.8  # multiplied in every `lr_decay_every` epochs
+    lr_decay_every: int = 3
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    grad_clip: float = 5.0
+    patience: int = 4
+    select: str = "cider"  # "cider" (higher is better) or "loss" (lower is better)
+    min_count: int = 3
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    cache: str | None = None
+    limit: int | None = None  # use only the first N examples (quick runs, tests)
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    attn_dim: int = 256
+    dropout: float = 0.5
+    max_len: int = 32
+    video_frames: int = 8  # frames sampled from a video example
+    quiet: bool = False
+    stop_after: int | None = None  # end the process after this epoch (as if killed; for tests)
+
+
+@dataclass
+class Prepared:
+    """Everything an epoch needs, built once: tokenised captions, features, vocabulary."""
+    vocab: Vocab
+    feats: list[torch.Tensor]  # per example (T, R, D) float16
+    pairs: list[tuple[int, list[int]]]  # (example index, caption ids) of the training split
+    val: list[int]
+    test: list[int]
+    examples: list[datasets.Example]
+    refs: dict[int, list[str]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def example_features(examples: list[datasets.Example], cfg: TrainConfig, report) -> tuple[list[np.ndarray], list[int]]:
+    """(T, R, D) float16 features per example; returns them and the indices that worked."""
+    cache = FeatureCache(cfg.cache)
+    images: list[Path] = []
+    owner: list[tuple[int, int]] = []  # (example, frame slot)
+    video_feats: dict[int, np.ndarray] = {}
+    for i, ex in enumerate(examples):
+        if len(ex.media) == 1 and ex.media[0].suffix.lower() in VIDEO_EXTS:
+            try:
+                video_feats[i] = _video_features(ex.media[0], cfg.video_frames, cache)
+            except KvcapError as exc:
+                report(f"record {ex.id}: {exc}")
+            continue
+        for j, m in enumerate(ex.media):
+            images.append(m)
+            owner.append((i, j))
+    bad: set[int] = set()
+    feats, ok = encode_files(images, cache=cache, progress=not cfg.quiet,
+                             on_error=lambda k, exc: (bad.add(owner[k][0]), report(f"record {examples[owner[k][0]].id}: {exc}")))
+    frames: dict[int, list] = {}
+    for f, k in zip(feats, ok):
+        frames.setdefault(owner[k][0], []).append(f)
+    result, kept = [], []
+    for i in range(len(examples)):
+        if i in video_feats:
+            result.append(video_feats[i])
+            kept.append(i)
+        elif i in frames and i not in bad:
+            result.append(np.stack(frames[i]))
+            kept.append(i)
+    return result, kept
+
+
+def _video_features(path: Path, n: int, cache: FeatureCache) -> np.ndarray:
+    from .features import Encoder
+    from .frames import sample_frames
+
+    key = f"{cache.key(path)}-frames{n}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached.reshape(n, -1, cached.shape[-1]) if cached.ndim == 2 else cached
+    frames = sample_frames(path, n)
+    feats = Encoder().encode(frames).astype(np.float16)
+    cache.put(key, feats)
+    return feats
+
+
+def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
+    say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
+    skipped: list[str] = []
+    examples = datasets.load(cfg.data, cfg.format, cfg.root, report=skipped.append)
+    if cfg.limit:
+        examples = sorted(examples, key=lambda e: e.id)[: cfg.limit]
+    feats, kept = example_features(examples, cfg, skipped.append)
+    examples = [examples[i] for i in kept]
+    for msg in skipped[:20]:
+        say(f"skipped {msg}")
+    if len(skipped) > 20:
+        say(f"... and {len(skipped) - 20} more skipped records")
+    train_ex, val_ex, test_ex = datasets.split(examples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if not train_ex or not val_ex:
+        raise KvcapError(f"too few usable examples ({len(examples)}) for a train/validation split", cfg.data)
+    index = {id(e): i for i, e in enumerate(examples)}
+    train_i = [index[id(e)] for e in train_ex]
+    captions = [c for i in train_i for c in examples[i].captions]
+    tokenized = korean.tokenize_many(captions)
+    vocab = Vocab.build(tokenized, cfg.min_count)
+    pairs, it = [], iter(tokenized)
+    for i in train_i:
+        for _ in examples[i].captions:
+            ids = vocab.encode(next(it))[: cfg.max_len - 1]
+            pairs.append((i, ids))
+    say(f"data: {len(train_i)} train / {len(val_ex)} validation / {len(test_ex)} test examples, "
+        f"{len(pairs)} training captions, vocabulary {len(vocab)}")
+    return Prepared(vocab, [torch.from_numpy(np.asarray(f, np.float16)) for f in feats], pairs,
+                    [index[id(e)] for e in val_ex], [index[id(e)] for e in test_ex], examples,
+                    {i: examples[i].captions for i in range(len(examples))})
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def make_batch(prep: Prepared, items: list[tuple[int, list[int]]], device: torch.device):
+    feats, mask = pad_segments([prep.feats[i].numpy() for i, _ in items])
+    length = max(len(ids) for _, ids in items) + 1
+    tokens_in = torch.zeros(len(items), length, dtype=torch.long)
+    target = torch.zeros(len(items), length, dtype=torch.long)
+    for row, (_, ids) in enumerate(items):
+        tokens_in[row, : len(ids) + 1] = torch.tensor([prep.vocab.bos_id] + ids)
+        target[row, : len(ids) + 1] = torch.tensor(ids + [prep.vocab.eos_id])
+    return feats.to(device), mask.to(device), tokens_in.to(device), target.to(device)
+
+
+def loss_fn(model, batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    feats, mask, tokens_in, target = batch
+    logits = model(feats, mask, tokens_in)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=0,
+                           label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> float:
+    model.eval()
+    items = []
+    for i in prep.val:
+        for toks in korean.tokenize_many(prep.examples[i].captions):
+            items.append((i, prep.vocab.encode(toks)))
+    total, count = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        chunk = items[s : s + batch_size]
+        total += loss_fn(model, make_batch(prep, chunk, device)).item() * len(chunk)
+        count += len(chunk)
+    return total / max(1, count)
+
+
+def score_split(model, prep: Prepared, indices: list[int], beam: int = 1) -> tuple[dict, list[str]]:
+    model_cpu = model
+    caps = generate(model_cpu, prep.vocab, [prep.feats[i].float().numpy() for i in indices], beam=beam)
+    hyps = {i: c.text for i, c in zip(indices, caps)}
+    return metrics.evaluate(hyps, {i: prep.refs[i] for i in indices}), [c.text for c in caps]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(folder: Path, model, opt, state: dict) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = {}, {"param_groups": opt.state_dict()["param_groups"], "state": {}}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                opt_tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                opt_meta["state"].setdefault(str(pid), {})[k] = v
+    save_file(opt_tensors, str(tmp / "optim.safetensors"))
+    (tmp / "optim.json").write_text(json.dumps(opt_meta))
+    (tmp / "state.json").write_text(json.dumps(state, ensure_ascii=False, indent=1))
+    old = folder.with_name(folder.name + f".old{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def _load_checkpoint(folder: Path, model, opt) -> dict:
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    tensors = load_file(str(folder / "optim.safetensors"))
+    meta = json.loads((folder / "optim.json").read_text())
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, extra in meta["state"].items():
+        state.setdefault(int(pid), {}).update(extra)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return json.loads((folder / "state.json").read_text())
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
+    rank, world = _dist()
+    device = _device(cfg.device, rank)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoint"
+    if rank == 0:
+        if not cfg.resume and (out / "config.json").exists():
+            raise KvcapError("a model is already there (use --resume to continue it, or another --out)", out)
+        out.mkdir(parents=True, exist_ok=True)
+    prep = prep or prepare(cfg, rank)
+    say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
+
+    mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
+                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len)
+    torch.manual_seed(cfg.seed)
+    model = build(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0,
+             "config": asdict(cfg)}
+    if cfg.resume and (ckpt_dir / "state.json").exists():
+        state = _load_checkpoint(ckpt_dir, model, opt)
+        say(f"resumed from epoch {state['epoch']} ({ckpt_dir})")
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    higher_better = cfg.select == "cider"
+    meta = {"name": out.name, "data": {"path": str(cfg.data), "format": cfg.format}, "decoding": {"beam": 3}}
+
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        t0 = time.time()
+        lr = cfg.lr * cfg.lr_decay ** ((epoch - 1) // cfg.lr_decay_every)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # shuffling and dropout depend only on (seed, epoch): a resumed epoch replays exactly
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(prep.pairs))
+        n_batches = len(order) // cfg.batch_size // world * world or world
+        mine = [order[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(rank, n_batches, world)]
+        train_model.train()
+        total = 0.0
+        with progress_bar(f"epoch {epoch}/{cfg.epochs}", total=len(mine), enabled=rank == 0 and not cfg.quiet) as advance:
+            for idx in mine:
+                batch = make_batch(prep, [prep.pairs[i] for i in idx], device)
+                loss = loss_fn(train_model, batch, cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                total += loss.item()
+                advance(1)
+        train_loss = total / max(1, len(mine))
+        if world > 1:
+            t = torch.tensor([train_loss], device=device)
+            torch.distributed.all_reduce(t)
+            train_loss = t.item() / world
+
+        row = {"epoch": epoch, "lr": lr, "train_loss": round(train_loss, 5)}
+        improved = False
+        if rank == 0:
+            row["val_loss"] = round(validation_loss(model, prep, device), 5)
+            if cfg.select == "cider":
+                scores, _ = score_split(model.cpu(), prep, prep.val, beam=1)
+                model.to(device)
+                row["val_cider"] = round(scores["CIDEr-D"], 5)
+                row["val_bleu4"] = round(scores["BLEU-4"], 5)
+            value = row["val_cider"] if higher_better else row["val_loss"]
+            best = state["best"]
+            improved = best is None or (value > best if higher_better else value < best)
+        if world > 1:
+            flag = torch.tensor([1.0 if improved else 0.0], device=device)
+            torch.distributed.broadcast(flag, 0)
+            improved = bool(flag.item())
+        state["epoch"] = epoch
+        state["seconds"] += time.time() - t0
+        row["seconds"] = round(time.time() - t0, 1)
+        if improved:
+            state["best"] = row.get("val_cider") if higher_better else row.get("val_loss")
+            state["best_epoch"] = epoch
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(row)
+        if rank == 0:
+            if improved:
+                modelfile.save(out, model, prep.vocab, {**meta, "validation": row, "epoch": epoch})
+            _save_checkpoint(ckpt_dir, model, opt, state)
+            _write_log(out / "train_log.csv", state["history"])
+            mark = " *" if improved else ""
+            say("epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}".format(**row)
+                + (f", val CIDEr-D {row['val_cider']:.4f}" if "val_cider" in row else "") + f" ({row['seconds']}s){mark}")
+        if cfg.stop_after and epoch >= cfg.stop_after:
+            return {"stopped_at": epoch}
+
+    result = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best": state["best"],
+              "train_seconds": round(state["seconds"], 1)}
+    if world > 1:
+        digests = [None] * world
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
+        say(f"DDP: weights identical across {world} processes ({digests[0][:12]})")
+        result["ddp_digest"] = digests[0]
+    if rank == 0:
+        best = modelfile.load(out)
+        result.update(test_scores(best.model, prep, out, cfg, state))
+    return result
+
+
+def test_scores(model, prep: Prepared, out: Path, cfg: TrainConfig, state: dict) -> dict:
+    """Score the kept model on the test split (beam 3) and record it in config.json."""
+    indices = prep.test or prep.val
+    scores, texts = score_split(model, prep, indices, beam=3)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["test"] = {k: round(v, 5) for k, v in scores.items()}
+    config["training"] = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
+                          "seconds": round(state["seconds"], 1), "select": cfg.select,
+                          "split": {"train": len({i for i, _ in prep.pairs}), "validation": len(prep.val),
+                                    "test": len(prep.test), "seed": cfg.seed}}
+    (out / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    split = {"validation": [prep.examples[i].id for i in prep.val], "test": [prep.examples[i].id for i in prep.test]}
+    (out / "split.json").write_text(json.dumps(split, ensure_ascii=False))
+    return {"test": config["test"]}
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def cross_validate(cfg: TrainConfig) -> dict:
+    """K-fold cross-validation over train+validation (test stays out); mean and spread."""
+    raise NotImplementedError

@@ -1,0 +1,122 @@
+"""Video input with PyAV: check a file, then decode it once, frame by frame.
+
+Frames are yielded as PyAV frames; each stage converts only the frames it uses, at the
+size it uses (the shot detector a small BGR frame, the encoder a 224x224 RGB one), so
+no full-size RGB copy of every frame is ever made. Decoding is threaded.
+
+Headers are not trusted: duration and frame count come from what actually decodes
+(`plaza_crowd_broken_count.avi` claims twice the frames it has).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+
+from .errors import KvcapError
+
+MAX_PIXELS = 8192 * 4320  # 8K; beyond this a frame is almost surely a broken or hostile header
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    fps: float  # average; used for timecodes when a frame has no timestamp
+    duration: float  # from the container header; an estimate until decoded
+    has_audio: bool
+    codec: str
+
+    @property
+    def frame_count_estimate(self) -> int:
+        return max(1, round(self.duration * self.fps))
+
+
+@dataclass
+class Frame:
+    index: int
+    time: float  # seconds from the start of the stream
+    frame: av.VideoFrame
+
+    def rgb(self, width: int, height: int):
+        """This frame resized whole to width x height, as an RGB uint8 array."""
+        return self.frame.to_ndarray(width=width, height=height, format="rgb24")
+
+    def bgr(self, width: int, height: int):
+        return self.frame.to_ndarray(width=width, height=height, format="bgr24")
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise KvcapError("no such file", path)
+    if path.is_dir():
+        raise KvcapError("is a folder, not a video", path)
+    if path.stat().st_size == 0:
+        raise KvcapError("empty file (0 bytes)", path)
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError:
+        raise KvcapError("not a video file (no known container format)", path) from None
+    except av.error.FFmpegError as exc:
+        raise KvcapError(f"cannot open video ({exc.strerror or exc})", path) from None
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Check that `path` is a decodable video of sane size; raise KvcapError otherwise."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            kind = "an audio-only file" if container.streams.audio else "a file without a video stream"
+            raise KvcapError(f"{kind}: nothing to caption", path)
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > MAX_PIXELS:
+            raise KvcapError(f"frame size {width}x{height} is beyond the limit of {MAX_PIXELS // 1_000_000} megapixels", path)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        info = VideoInfo(path, width, height, float(rate), duration, bool(container.streams.audio),
+                         stream.codec_context.name)
+    if width <= 0 or height <= 0:
+        raise KvcapError("video stream has no frame size (damaged header)", path)
+    return info
+
+
+def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
+    """Decode every frame once. A damaged stream ends with a KvcapError unless frames were
+    already decoded, in which case decoding stops there (a truncated file keeps its start)."""
+    path = info.path
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads
+        if threads:
+            stream.codec_context.thread_count = threads
+        index = 0
+        last_time = -1.0
+        try:
+            for frame in container.decode(stream):
+                if frame.width * frame.height > MAX_PIXELS:
+                    raise KvcapError(f"frame size {frame.width}x{frame.height} is beyond the limit", path)
+                t = float(frame.time) if frame.time is not None else index / info.fps
+                if t <= last_time:  # repeated or missing timestamps: keep time moving forward
+                    t = last_time + 1.0 / info.fps
+                last_time = t
+                yield Frame(index, t, frame)
+                index += 1
+        except av.error.FFmpegError as exc:
+            if index == 0:
+                raise KvcapError(f"video data is damaged ({exc.strerror or exc})", path) from None
+        if index == 0:
+            raise KvcapError("no video frames could be decoded (zero-length or damaged video)", path)
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
