@@ -31,7 +31,7 @@ class KeyframePool:
         """Keep this frame (call only when `wants(frame.time)`)."""
         self.times.append(frame.time)
         self.images.append(frame.rgb(INPUT_SIZE, INPUT_SIZE))
-        self._next = frame.time + self.period
+        self._next = (int(frame.time / self.period + 1e-6) + 1) * self.period  # on a fixed grid
 
     def take(self, start: float, end: float, k: int) -> np.ndarray:
         """Up to k distinct candidates nearest to the centres of k equal parts of [start, end)."""

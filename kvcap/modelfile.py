@@ -35,14 +35,16 @@ def default_dir() -> Path:
 
 
 def save(folder: str | Path, model: CaptionModel, vocab: Vocab, meta: dict | None = None,
-         card: str | None = None) -> Path:
+         card: str | None = None, half: bool = False) -> Path:
     """Write the model files into `folder`, each atomically (config.json last).
 
-    Other files in the folder (a training log, checkpoints) are left alone.
+    Other files in the folder (a training log, checkpoints) are left alone. `half` stores
+    float16 weights (half the size; loading casts them back to float32).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    dtype = torch.float16 if half else None
+    state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     _atomic(folder / "model.safetensors", lambda p: save_file(state, str(p)))
     _atomic(folder / "vocab.json", vocab.save)
     if card is not None:
@@ -57,6 +59,7 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # some writers create private files; a model is meant to be shared
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -84,6 +84,7 @@ class Prepared:
     test: list[int]
     examples: list[datasets.Example]
     refs: dict[int, list[str]] = field(default_factory=dict)
+    tokens: list[list[list[str]]] = field(default_factory=list)  # per example, per caption
 
 
 # ----------------------------------------------------------------------------- setup
@@ -153,6 +154,7 @@ def _video_features(path: Path, n: int, cache: FeatureCache) -> np.ndarray:
 
 
 def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
+    """Load, featurise, split and tokenise the data; build the vocabulary from the train split."""
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
     skipped: list[str] = []
     examples = datasets.load(cfg.data, cfg.format, cfg.root, report=skipped.append)
@@ -168,20 +170,23 @@ def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
     if not train_ex or not val_ex:
         raise KvcapError(f"too few usable examples ({len(examples)}) for a train/validation split", cfg.data)
     index = {id(e): i for i, e in enumerate(examples)}
-    train_i = [index[id(e)] for e in train_ex]
-    captions = [c for i in train_i for c in examples[i].captions]
-    tokenized = korean.tokenize_many(captions)
-    vocab = Vocab.build(tokenized, cfg.min_count)
-    pairs, it = [], iter(tokenized)
-    for i in train_i:
-        for _ in examples[i].captions:
-            ids = vocab.encode(next(it))[: cfg.max_len - 1]
-            pairs.append((i, ids))
-    say(f"data: {len(train_i)} train / {len(val_ex)} validation / {len(test_ex)} test examples, "
-        f"{len(pairs)} training captions, vocabulary {len(vocab)}")
-    return Prepared(vocab, [torch.from_numpy(np.asarray(f, np.float16)) for f in feats], pairs,
-                    [index[id(e)] for e in val_ex], [index[id(e)] for e in test_ex], examples,
-                    {i: examples[i].captions for i in range(len(examples))})
+    flat = [c for e in examples for c in e.captions]
+    it = iter(korean.tokenize_many(flat))
+    tokens = [[next(it) for _ in e.captions] for e in examples]
+    prep = with_split(Prepared(Vocab([]), [torch.from_numpy(np.asarray(f, np.float16)) for f in feats], [], [], [],
+                               examples, {i: e.captions for i, e in enumerate(examples)}, tokens),
+                      [index[id(e)] for e in train_ex], [index[id(e)] for e in val_ex],
+                      [index[id(e)] for e in test_ex], cfg)
+    say(f"data: {len(train_ex)} train / {len(val_ex)} validation / {len(test_ex)} test examples, "
+        f"{len(prep.pairs)} training captions, vocabulary {len(prep.vocab)}")
+    return prep
+
+
+def with_split(prep: Prepared, train: list[int], val: list[int], test: list[int], cfg: TrainConfig) -> Prepared:
+    """The same data with another split: vocabulary and training pairs from `train` only."""
+    vocab = Vocab.build([t for i in train for t in prep.tokens[i]], cfg.min_count)
+    pairs = [(i, vocab.encode(t)[: cfg.max_len - 1]) for i in train for t in prep.tokens[i]]
+    return Prepared(vocab, prep.feats, pairs, list(val), list(test), prep.examples, prep.refs, prep.tokens)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -208,10 +213,7 @@ def loss_fn(model, batch, label_smoothing: float = 0.0) -> torch.Tensor:
 @torch.no_grad()
 def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> float:
     model.eval()
-    items = []
-    for i in prep.val:
-        for toks in korean.tokenize_many(prep.examples[i].captions):
-            items.append((i, prep.vocab.encode(toks)))
+    items = [(i, prep.vocab.encode(t)[: model.config.max_len - 1]) for i in prep.val for t in prep.tokens[i]]
     total, count = 0.0, 0
     for s in range(0, len(items), batch_size):
         chunk = items[s : s + batch_size]
@@ -414,6 +416,28 @@ def _write_log(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def cross_validate(cfg: TrainConfig) -> dict:
-    """K-fold cross-validation over train+validation (test stays out); mean and spread."""
-    raise NotImplementedError
+def cross_validate(cfg: TrainConfig, folds: int) -> dict:
+    """K-fold cross-validation over train+validation (the test split stays out).
+
+    Fold k trains into `<out>/fold<k>` with the k-th part as validation; the result gives
+    each fold's best validation score and test scores, and their mean and spread.
+    """
+    if folds < 2:
+        raise KvcapError("--folds needs at least 2")
+    base = prepare(cfg)
+    pool = sorted(set(i for i, _ in base.pairs) | set(base.val))
+    order = np.random.default_rng(cfg.seed).permutation(pool)
+    parts = np.array_split(order, folds)
+    runs = []
+    for k in range(folds):
+        val = sorted(int(i) for i in parts[k])
+        train = sorted(int(i) for j, p in enumerate(parts) if j != k for i in p)
+        fold_cfg = TrainConfig(**{**asdict(cfg), "out": str(Path(cfg.out) / f"fold{k + 1}")})
+        note(f"fold {k + 1}/{folds}: {len(train)} train / {len(val)} validation", not cfg.quiet)
+        runs.append(fit(fold_cfg, with_split(base, train, val, base.test, fold_cfg)))
+    summary: dict = {"folds": runs}
+    for key in ("best",) + tuple(f"test.{m}" for m in ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L")):
+        values = [r["best"] if key == "best" else r["test"][key.split(".", 1)[1]] for r in runs]
+        summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    (Path(cfg.out) / "cross_validation.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -62,6 +62,8 @@ def _open(path: Path):
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError:
         raise KvcapError("not a video file (no known container format)", path) from None
+    except av.error.EOFError:
+        raise KvcapError("zero-length video (the file ends right after its header)", path) from None
     except av.error.FFmpegError as exc:
         raise KvcapError(f"cannot open video ({exc.strerror or exc})", path) from None
 
@@ -115,7 +117,7 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
             if index == 0:
                 raise KvcapError(f"video data is damaged ({exc.strerror or exc})", path) from None
         if index == 0:
-            raise KvcapError("no video frames could be decoded (zero-length or damaged video)", path)
+            raise KvcapError("zero-length or damaged video: no frame could be decoded", path)
 
 
 def is_image(path: str | Path) -> bool:

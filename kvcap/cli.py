@@ -1,0 +1,227 @@
+"""The `kvcap` command: a thin layer over the library (Captioner, train, evaluate).
+
+Problems with the user's input print one line, `kvcap: <file>: <problem>`, and the
+command exits with code 2 once every other input has been handled.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import KvcapError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Korean video captioning: shots, Korean captions, subtitles and captioned video.")
+
+MEDIA_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif", ".mpg", ".mpeg", ".ts",
+              ".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def fail(message: str) -> None:
+    print(f"kvcap: {message}", file=sys.stderr)
+
+
+def expand_inputs(items: List[str]) -> list[Path]:
+    """Files as given, globs expanded, folders searched recursively for media files."""
+    out: list[Path] = []
+    for item in items:
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            out.append(Path(item))  # reported as missing later
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_EXTS))
+            else:
+                out.append(p)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def parse_formats(text: str, gif: bool) -> list[str]:
+    from .outputs import ALL_FORMATS
+
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ALL_FORMATS]
+    if bad:
+        raise KvcapError(f"unknown --format {', '.join(bad)}; choose from {','.join(ALL_FORMATS)}")
+    if gif and "gif" not in formats:
+        formats.append("gif")
+    return formats
+
+
+def ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KvcapError(f"cannot create output folder ({exc.strerror})", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise KvcapError("output folder is not writable", folder)
+
+
+@app.command()
+def caption(
+    inputs: List[str] = typer.Argument(..., help="Videos, images, folders or globs."),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
+    format: str = typer.Option("srt,vtt,json,mp4", "--format", "-f", help="Outputs: srt,vtt,json,mp4,gif."),
+    gif: bool = typer.Option(False, "--gif", help="Also write a captioned GIF."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per input on stdout instead of text."),
+    segments: str = typer.Option("shots", "--segments", help="shots | adaptive | hash | fixed:N"),
+    max_segment: float = typer.Option(8.0, "--max-segment", help="Longest segment in seconds (long shots are split)."),
+    min_shot: float = typer.Option(2.0, "--min-shot", help="Shortest shot in seconds (quicker cuts merge)."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (1 = greedy)."),
+    keyframes: int = typer.Option(4, "--keyframes", help="Frames looked at per segment."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Caption videos and images; write subtitles, JSON and captioned video."""
+    from .captioner import Captioner
+    from .outputs import output_path, timestamp, write_text_outputs
+    from .render import font_path, render_gif, render_mp4
+    from .shots import SegmentSpec
+    from .video import is_image
+
+    try:
+        formats = parse_formats(format, gif)
+        spec = SegmentSpec.parse(segments, max_segment=max_segment, min_shot=min_shot)
+        if any(f in ("mp4", "gif") for f in formats):
+            font_path()
+        if formats:
+            ensure_writable(out)
+        captioner = Captioner.from_pretrained(model, beam=beam, keyframes=keyframes)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+
+    paths = expand_inputs(inputs)
+    failed = 0
+    for path in paths:
+        try:
+            if not path.exists():
+                raise KvcapError("no such file", path)
+            if is_image(path):
+                seg = captioner.caption_image(path)
+                result = _ImageResult(path, [seg], captioner.name)
+            else:
+                if not quiet and len(paths) > 1:
+                    print(f"{path}", file=sys.stderr)
+                result = captioner.caption_video(path, spec, progress=not quiet)
+            # refuse to clobber before any work is written, so a partial set never appears
+            wanted = [f for f in formats if not (isinstance(result, _ImageResult) and f != "json")]
+            if not force:
+                for f in wanted:
+                    target = output_path(out, path, f)
+                    if target.exists():
+                        raise KvcapError("output exists (use --force to overwrite)", target)
+            write_text_outputs(result, out, [f for f in wanted if f in ("srt", "vtt", "json")], force)
+            if "mp4" in wanted:
+                render_mp4(result.info, result.segments, output_path(out, path, "mp4"), force=force, progress=not quiet)
+            if "gif" in wanted:
+                render_gif(result.info, result.segments, output_path(out, path, "gif"), force=force, progress=not quiet)
+            if as_json:
+                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+            else:
+                if len(paths) > 1:
+                    print(f"== {path}")
+                for s in result.segments:
+                    span = "" if isinstance(result, _ImageResult) else f"{timestamp(s.start)} → {timestamp(s.end)}  "
+                    print(f"{span}{s.text}", flush=True)
+        except KvcapError as exc:
+            failed += 1
+            fail(str(exc))
+    if failed:
+        raise typer.Exit(2)
+
+
+class _ImageResult:
+    """An image's caption in the same shape as a video's (one segment, no time span)."""
+
+    def __init__(self, path: Path, segments: list, model: str):
+        self.path, self.segments, self.model, self.info = path, segments, model, None
+
+    def to_dict(self) -> dict:
+        return {"input": str(self.path), "segments": [s.to_dict() for s in self.segments], "model": self.model}
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Dataset: AI Hub JSON, a folder of KETI label files, or JSONL."),
+    format: str = typer.Option("aihub-coco", "--format", help="aihub-coco | aihub-multimodal | jsonl"),
+    out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder media paths are relative to (default: beside the JSON)."),
+    arch: str = typer.Option("attend", "--arch", help="attend | show-tell"),
+    epochs: int = typer.Option(20, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    patience: int = typer.Option(4, "--patience", help="Stop after this many epochs without a better validation score."),
+    select: str = typer.Option("cider", "--select", help="Keep the model with the best: cider | loss"),
+    folds: int = typer.Option(1, "--folds", help="K-fold cross-validation (K >= 2)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    min_count: int = typer.Option(3, "--min-count", help="Vocabulary: keep morphemes seen this often."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N examples."),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/kvcap)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train a captioning model; the best one by validation score is kept in --out."""
+    from .train import TrainConfig, cross_validate, fit
+
+    if select not in ("cider", "loss"):
+        fail("--select must be cider or loss")
+        raise typer.Exit(2)
+    cfg = TrainConfig(data=str(data), format=format, root=str(root) if root else None, out=str(out), arch=arch,
+                      epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, select=select,
+                      resume=resume, device=device, min_count=min_count, limit=limit, seed=seed,
+                      cache=str(cache) if cache else None, quiet=quiet)
+    try:
+        result = cross_validate(cfg, folds) if folds > 1 else fit(cfg)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="Dataset the model was trained on (or another in the same format)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
+    format: str = typer.Option("aihub-coco", "--format"),
+    root: Optional[Path] = typer.Option(None, "--root"),
+    split: str = typer.Option("test", "--split", help="test | validation | all (test/validation: the model's split.json)."),
+    beam: int = typer.Option(3, "--beam"),
+    baselines: bool = typer.Option(False, "--baselines", help="Also score nearest-neighbour and constant-caption baselines."),
+    as_json: bool = typer.Option(False, "--json"),
+    examples: int = typer.Option(0, "--examples", help="Print this many generated/reference caption pairs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a model: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D on Kiwi morphemes, and distinct captions."""
+    from .evaluate import evaluate_model, format_table
+
+    try:
+        report = evaluate_model(model, data, format, root, split=split, beam=beam, baselines=baselines,
+                                progress=not quiet, n_examples=examples)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    print(json.dumps(report, ensure_ascii=False, indent=2) if as_json else format_table(report))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        fail("interrupted; finished outputs are complete, unfinished ones were not written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Copy a trained model folder into the package as the default model (float16 weights).
+
+    python scripts/package_model.py runs/koflickr-attend [--card MODEL_CARD.md]
+
+Keeps config.json (with its scores), vocab.json and split.json, and writes the card.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from kvcap import modelfile
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--card", type=Path)
+    ap.add_argument("--dest", type=Path, default=modelfile.default_dir())
+    args = ap.parse_args()
+    loaded = modelfile.load(args.run)
+    card = args.card.read_text(encoding="utf-8") if args.card else None
+    meta = dict(loaded.meta)
+    meta["name"] = args.dest.name
+    modelfile.save(args.dest, loaded.model, loaded.vocab, meta, card=card, half=True)
+    if (args.run / "split.json").exists():
+        shutil.copy2(args.run / "split.json", args.dest / "split.json")
+    size = sum(f.stat().st_size for f in args.dest.iterdir())
+    print(f"{args.dest}: {size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
