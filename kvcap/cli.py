@@ -83,7 +83,7 @@ def caption(
 ) -> None:
     """Caption videos and images; write subtitles, JSON and captioned video."""
     from .captioner import Captioner
-    from .outputs import output_path, timestamp, write_text_outputs
+    from .outputs import output_path, output_stems, timestamp, write_text_outputs
     from .render import font_path, render_gif, render_mp4
     from .shots import SegmentSpec
     from .video import is_image
@@ -101,8 +101,10 @@ def caption(
         raise typer.Exit(2)
 
     paths = expand_inputs(inputs)
+    stems = output_stems(paths)
     failed = 0
     for path in paths:
+        stem = stems[path]
         try:
             if not path.exists():
                 raise KvcapError("no such file", path)
@@ -117,14 +119,16 @@ def caption(
             wanted = [f for f in formats if not (isinstance(result, _ImageResult) and f != "json")]
             if not force:
                 for f in wanted:
-                    target = output_path(out, path, f)
+                    target = output_path(out, path, f, stem)
                     if target.exists():
                         raise KvcapError("output exists (use --force to overwrite)", target)
-            write_text_outputs(result, out, [f for f in wanted if f in ("srt", "vtt", "json")], force)
+            write_text_outputs(result, out, [f for f in wanted if f in ("srt", "vtt", "json")], force, stem)
             if "mp4" in wanted:
-                render_mp4(result.info, result.segments, output_path(out, path, "mp4"), force=force, progress=not quiet)
+                render_mp4(result.info, result.segments, output_path(out, path, "mp4", stem), force=force,
+                           progress=not quiet)
             if "gif" in wanted:
-                render_gif(result.info, result.segments, output_path(out, path, "gif"), force=force, progress=not quiet)
+                render_gif(result.info, result.segments, output_path(out, path, "gif", stem), force=force,
+                           progress=not quiet)
             if as_json:
                 print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
             else:
@@ -167,11 +171,19 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     min_count: int = typer.Option(3, "--min-count", help="Vocabulary: keep morphemes seen this often."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N examples."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of examples for validation."),
+    test_fraction: float = typer.Option(0.05, "--test-fraction", help="Share of examples held out for testing."),
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/kvcap)."),
+    hidden_dim: int = typer.Option(512, "--hidden-dim"),
+    embed_dim: int = typer.Option(256, "--embed-dim"),
+    attn_dim: int = typer.Option(256, "--attn-dim"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train a captioning model; the best one by validation score is kept in --out."""
+    """Train a captioning model; the best one by validation score is kept in --out.
+
+    Data-parallel on several processes or GPUs: torchrun --nproc-per-node N -m kvcap train ...
+    """
     from .train import TrainConfig, cross_validate, fit
 
     if select not in ("cider", "loss"):
@@ -180,7 +192,9 @@ def train(
     cfg = TrainConfig(data=str(data), format=format, root=str(root) if root else None, out=str(out), arch=arch,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, select=select,
                       resume=resume, device=device, min_count=min_count, limit=limit, seed=seed,
-                      cache=str(cache) if cache else None, quiet=quiet)
+                      cache=str(cache) if cache else None, quiet=quiet, hidden_dim=hidden_dim,
+                      embed_dim=embed_dim, attn_dim=attn_dim, val_fraction=val_fraction,
+                      test_fraction=test_fraction)
     try:
         result = cross_validate(cfg, folds) if folds > 1 else fit(cfg)
     except KvcapError as exc:

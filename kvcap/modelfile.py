@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import KvcapError
@@ -77,7 +78,7 @@ def load(folder: str | Path | None = None) -> Loaded:
         model_cfg = ModelConfig.from_dict(config.pop("model"))
         vocab = Vocab.load(folder / "vocab.json")
         state = load_file(str(folder / "model.safetensors"))
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
         raise KvcapError(f"damaged model folder ({exc})", folder) from None
     if model_cfg.vocab_size != len(vocab):
         raise KvcapError("vocab.json does not match config.json", folder)

@@ -31,9 +31,18 @@ def timestamp(seconds: float, sep: str = ".") -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def output_path(out_dir: Path, source: Path, fmt: str) -> Path:
+def output_path(out_dir: Path, source: Path, fmt: str, stem: str | None = None) -> Path:
     suffix = {"mp4": ".captioned.mp4", "gif": ".captioned.gif"}.get(fmt, f".{fmt}")
-    return out_dir / f"{source.stem}{suffix}"
+    return out_dir / f"{stem or source.stem}{suffix}"
+
+
+def output_stems(sources: Sequence[Path]) -> dict[Path, str]:
+    """Output names per input: the file stem, or the whole file name where stems collide
+    ('a.png' and 'a.webp' in one call write 'a.png.json' and 'a.webp.json')."""
+    counts: dict[str, int] = {}
+    for s in sources:
+        counts[s.stem] = counts.get(s.stem, 0) + 1
+    return {s: s.stem if counts[s.stem] == 1 else s.name for s in sources}
 
 
 @contextlib.contextmanager
@@ -80,9 +89,10 @@ WRITERS: dict[str, Callable] = {
 }
 
 
-def write_text_outputs(result, out_dir: Path, formats: Sequence[str], force: bool = False) -> list[Path]:
+def write_text_outputs(result, out_dir: Path, formats: Sequence[str], force: bool = False,
+                       stem: str | None = None) -> list[Path]:
     written = []
     for fmt in formats:
         if fmt in WRITERS:
-            written.append(_write_text(output_path(out_dir, result.path, fmt), WRITERS[fmt](result), force))
+            written.append(_write_text(output_path(out_dir, result.path, fmt, stem), WRITERS[fmt](result), force))
     return written

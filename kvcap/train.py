@@ -290,7 +290,12 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if not cfg.resume and (out / "config.json").exists():
             raise KvcapError("a model is already there (use --resume to continue it, or another --out)", out)
         out.mkdir(parents=True, exist_ok=True)
-    prep = prep or prepare(cfg, rank)
+    if prep is None:
+        if world > 1 and rank != 0:
+            torch.distributed.barrier()  # rank 0 fills the feature cache first; the others read it
+        prep = prepare(cfg, rank)
+        if world > 1 and rank == 0:
+            torch.distributed.barrier()
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
 
     mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,

@@ -1,0 +1,139 @@
+"""Stage 5: the decoders, beam search, and model folders."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kvcap import modelfile
+from kvcap.captions import pad_segments
+from kvcap.decoding import _banned, beam_search
+from kvcap.errors import KvcapError
+from kvcap.korean import Vocab
+from kvcap.models import ModelConfig, build
+
+
+def small(arch: str, vocab: int = 40) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build(ModelConfig(arch=arch, vocab_size=vocab, embed_dim=16, hidden_dim=32, attn_dim=16, max_len=12)).eval()
+
+
+@pytest.mark.parametrize("arch", ["show-tell", "attend"])
+def test_forward_shapes_and_padding_frames_do_not_matter(arch):
+    model = small(arch)
+    one = np.random.default_rng(0).normal(size=(1, 49, 1280)).astype(np.float32)
+    three = np.random.default_rng(1).normal(size=(3, 49, 1280)).astype(np.float32)
+    feats, mask = pad_segments([one, three])
+    assert feats.shape == (2, 3, 49, 1280) and mask.tolist() == [[True, False, False], [True, True, True]]
+    tokens = torch.randint(4, 40, (2, 7))
+    logits = model(feats, mask, tokens)
+    assert logits.shape == (2, 7, 40)
+    alone = model(*pad_segments([one]), tokens[:1])  # the padded frames of segment 0 change nothing
+    assert torch.allclose(logits[0], alone[0], atol=1e-5)
+
+
+def test_attend_looks_at_every_frame():
+    """Changing one frame of a segment changes the caption distribution: it is not its first frame."""
+    model = small("attend")
+    frames = np.random.default_rng(0).normal(size=(3, 49, 1280)).astype(np.float32)
+    other = frames.copy()
+    other[2] += 3.0
+    tokens = torch.randint(4, 40, (1, 5))
+    a = model(*pad_segments([frames]), tokens)
+    b = model(*pad_segments([other]), tokens)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_repeated_ngrams_are_banned():
+    assert _banned([5, 6, 7, 5, 6], 3) == [7]
+    assert _banned([5, 6, 7], 3) == []
+    assert sorted(_banned([1, 2, 1, 3, 1], 2)) == [2, 3]
+
+
+class Parrot(torch.nn.Module):
+    """A fake decoder that always prefers token 5 then 6: beam search must not loop on it."""
+
+    config = ModelConfig(vocab_size=10, max_len=12)
+
+    def prepare(self, feats, mask):
+        return None, torch.zeros(feats.size(0), 1)
+
+    def step(self, tokens, state, memory):
+        logits = torch.full((tokens.size(0), 10), -5.0)
+        logits[:, 5] = 2.0
+        logits[:, 6] = 1.0
+        logits[:, 2] = -1.0  # <eos> is possible but unlikely
+        return logits, state
+
+    select = staticmethod(lambda tree, index: None if tree is None else tree.index_select(0, index))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_beam_search_blocks_repeats_and_scores(beam):
+    feats, mask = pad_segments([np.zeros((1, 49, 8), np.float32)] * 2)
+    hyps = beam_search(Parrot(), feats, mask, bos_id=1, eos_id=2, banned_ids=(0, 1, 3), beam=beam,
+                       max_len=12, no_repeat_ngram=2)
+    for h in hyps:
+        pairs = list(zip(h.ids, h.ids[1:]))
+        assert len(pairs) == len(set(pairs)), h.ids  # no bigram twice
+        assert 0.0 < h.score <= 1.0
+
+
+def test_greedy_equals_beam_of_one_argmax():
+    model = small("attend")
+    feats, mask = pad_segments([np.random.default_rng(3).normal(size=(1, 49, 1280)).astype(np.float32)])
+    hyp = beam_search(model, feats, mask, bos_id=1, eos_id=2, beam=1, max_len=6, no_repeat_ngram=0)[0]
+    memory, state = model.prepare(feats, mask)
+    tok, ids = torch.tensor([1]), []
+    for step in range(6):
+        logits, state = model.step(tok, state, memory)
+        if step == 0:
+            logits[:, 2] = -1e9
+        tok = logits.argmax(-1)
+        if tok.item() == 2:
+            break
+        ids.append(tok.item())
+    assert hyp.ids == ids
+
+
+def test_model_folder_roundtrip_and_no_code_execution(tmp_path):
+    model = small("attend")
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>"] + [f"t{i}/NNG" for i in range(36)])
+    modelfile.save(tmp_path / "m", model, vocab, {"note": "test"}, card="# card")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors", "vocab.json"]
+    loaded = modelfile.load(tmp_path / "m")
+    feats, mask = pad_segments([np.ones((1, 49, 1280), np.float32)])
+    tokens = torch.randint(4, 40, (1, 5))
+    assert torch.allclose(model(feats, mask, tokens), loaded.model(feats, mask, tokens))
+    assert loaded.meta["note"] == "test"
+    # half-precision packaging keeps the outputs close
+    modelfile.save(tmp_path / "h", model, vocab, half=True)
+    half = modelfile.load(tmp_path / "h").model
+    assert torch.allclose(model(feats, mask, tokens), half(feats, mask, tokens), atol=1e-2)
+
+
+def test_damaged_model_folders_are_refused(tmp_path):
+    model = small("show-tell")
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>"] + [f"t{i}/NNG" for i in range(36)])
+    folder = modelfile.save(tmp_path / "m", model, vocab)
+    (folder / "model.safetensors").write_bytes(b"\x80\x04pickle? no")
+    with pytest.raises(KvcapError, match="damaged"):
+        modelfile.load(folder)
+    folder = modelfile.save(tmp_path / "n", model, vocab)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"]["arch"] = "evil"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises((KvcapError, ValueError)):
+        modelfile.load(folder)
+    with pytest.raises(KvcapError, match="not found"):
+        modelfile.load(tmp_path / "nothing")
+
+
+def test_shipped_model_loads_from_the_package():
+    loaded = modelfile.load()
+    assert loaded.model.config.arch in ("attend", "show-tell")
+    size = sum(f.stat().st_size for f in modelfile.default_dir().iterdir())
+    assert size < 30e6
+    assert (modelfile.default_dir() / "README.md").exists()

@@ -1,0 +1,110 @@
+"""Training: a real (small) run on koflickr, resume after a kill, DDP on two CPU processes, folds."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from kvcap import modelfile
+from kvcap.train import TrainConfig, fit
+
+SMALL = ["--limit", "160", "--val-fraction", "0.1", "--test-fraction", "0.1", "--hidden-dim", "48", "--embed-dim", "32", "--attn-dim", "32", "--batch-size", "16",
+         "--min-count", "2", "--quiet"]
+
+
+def small_cfg(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), limit=160, hidden_dim=48, embed_dim=32, attn_dim=32, batch_size=16,
+                min_count=2, quiet=True, epochs=3, patience=10, val_fraction=0.1, test_fraction=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def kvcap(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvcap", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference_run(koflickr, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "ref"
+    result = fit(small_cfg(koflickr, out))
+    return out, result
+
+
+def test_training_writes_a_loadable_model_folder(reference_run):
+    out, result = reference_run
+    loaded = modelfile.load(out)  # config.json + model.safetensors + vocab.json
+    assert loaded.model.config.arch == "attend"
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert "CIDEr-D" in result["test"] and json.loads((out / "split.json").read_text())["test"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["validation"]["epoch"] == result["best_epoch"]  # the kept model is the best one
+
+
+def test_resume_after_a_stop_gives_the_same_model(koflickr, reference_run, tmp_path):
+    out = tmp_path / "stopped"
+    fit(small_cfg(koflickr, out, stop_after=1))
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    fit(small_cfg(koflickr, out, resume=True))
+    assert same_weights(out / "checkpoint", reference_run[0] / "checkpoint")
+
+
+def test_resume_after_kill_9(koflickr, reference_run, tmp_path):
+    """Kill the real CLI mid-run with SIGKILL, resume it, and end where an unbroken run ends."""
+    out = tmp_path / "killed"
+    args = ["train", str(koflickr), "--out", str(out), "--epochs", "3", "--patience", "10", *SMALL]
+    proc = subprocess.Popen([sys.executable, "-m", "kvcap", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    time.sleep(0.3)  # somewhere inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any(p.name.startswith(".") and "tmp" in p.name for p in out.iterdir())
+    done = kvcap(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert same_weights(out / "checkpoint", reference_run[0] / "checkpoint")
+    assert same_weights(out, reference_run[0])
+
+
+def test_refuses_to_overwrite_a_model_without_resume(koflickr, reference_run):
+    r = kvcap("train", str(koflickr), "--out", str(reference_run[0]), *SMALL)
+    assert r.returncode == 2 and "already there" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_two_cpu_processes_agree_and_learn(koflickr, tmp_path):
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        "29517", "-m", "kvcap", "train", str(koflickr), "--out", str(out), "--epochs", "2",
+                        "--select", "loss", *SMALL], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)  # rank 0 prints it after both ranks' weight digests matched
+    assert len(result["ddp_digest"]) == 40
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])
+
+
+def test_cross_validation_reports_mean_and_spread(koflickr, tmp_path):
+    from kvcap.train import cross_validate
+
+    summary = cross_validate(small_cfg(koflickr, tmp_path / "cv", epochs=1, limit=90), folds=2)
+    assert len(summary["folds"]) == 2
+    assert set(summary["test.CIDEr-D"]) == {"mean", "std"}
+    assert (tmp_path / "cv" / "fold1" / "config.json").exists() and (tmp_path / "cv" / "fold2" / "config.json").exists()
