@@ -48,7 +48,8 @@ class Frame:
         return self.frame.to_ndarray(width=width, height=height, format="rgb24")
 
     def bgr(self, width: int, height: int):
-        return self.frame.to_ndarray(width=width, height=height, format="bgr24")
+        """A small BGR copy for the shot detector (fast scaling: it only compares frames)."""
+        return self.frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="FAST_BILINEAR")
 
 
 def _open(path: Path):
