@@ -84,7 +84,7 @@ def caption(
     """Caption videos and images; write subtitles, JSON and captioned video."""
     from .captioner import Captioner
     from .outputs import output_path, output_stems, timestamp, write_text_outputs
-    from .render import font_path, render_gif, render_mp4
+    from .render import check_font, render_gif, render_mp4
     from .shots import SegmentSpec
     from .video import is_image
 
@@ -92,7 +92,7 @@ def caption(
         formats = parse_formats(format, gif)
         spec = SegmentSpec.parse(segments, max_segment=max_segment, min_shot=min_shot)
         if any(f in ("mp4", "gif") for f in formats):
-            font_path()
+            check_font()
         if formats:
             ensure_writable(out)
         captioner = Captioner.from_pretrained(model, beam=beam, keyframes=keyframes)

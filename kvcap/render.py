@@ -37,6 +37,11 @@ def font_path() -> Path:
     return path
 
 
+def check_font() -> None:
+    """Fail early (before any work) when the caption font is missing or has no Hangul."""
+    _font(16)
+
+
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     path = font_path()
@@ -44,7 +49,9 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
         font = ImageFont.truetype(str(path), size)
     except OSError:
         raise KvcapError("caption font cannot be read", path) from None
-    if font.getmask("가").getbbox() is None:  # a font without Hangul draws nothing (or tofu)
+    # a font without Hangul draws nothing, or the same box ("tofu") for every syllable
+    ga, na = font.getmask("가"), font.getmask("나")
+    if ga.getbbox() is None or (ga.size == na.size and bytes(ga) == bytes(na)):
         raise KvcapError("caption font has no Hangul glyphs", path)
     return font
 

@@ -108,3 +108,23 @@ def test_cross_validation_reports_mean_and_spread(koflickr, tmp_path):
     assert len(summary["folds"]) == 2
     assert set(summary["test.CIDEr-D"]) == {"mean", "std"}
     assert (tmp_path / "cv" / "fold1" / "config.json").exists() and (tmp_path / "cv" / "fold2" / "config.json").exists()
+
+
+def test_evaluate_cli_scores_the_model_and_baselines(koflickr, reference_run, tmp_path):
+    out, _ = reference_run
+    records = sorted(json.loads(koflickr.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))[:160]
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    r = kvcap("evaluate", str(subset), "--root", str(koflickr.parent), "--model", str(out), "--baselines",
+              "--json", "--examples", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    test_ids = json.loads((out / "split.json").read_text())["test"]
+    assert report["n"] == len(test_ids) and len(report["examples"]) == 3
+    for scores in (report["scores"], *report["baselines"].values()):
+        assert set(scores) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "distinct"}
+    assert report["baselines"]["constant"]["distinct"] == pytest.approx(1 / report["n"], abs=1e-3)
+    table = kvcap("evaluate", str(subset), "--root", str(koflickr.parent), "--model", str(out), "--quiet")
+    assert "CIDEr-D" in table.stdout and "test split" in table.stdout
+    bad = kvcap("evaluate", str(tmp_path / "nope.json"), "--model", str(out), "--quiet")
+    assert bad.returncode == 2 and "no such file" in bad.stderr
