@@ -83,6 +83,7 @@ class Captioner:
         torch.set_num_threads(self.threads)
         self._encoder_backend = encoder_backend
         self._encoder: Encoder | None = None
+        korean.kiwi()  # load the analyser now, once per process, not inside the first caption
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> "Captioner":
@@ -119,15 +120,23 @@ class Captioner:
         cuts: list[float] = []
         closed = 0.0  # segments before this time are final and encoded
 
+        pending: list[np.ndarray] = []  # keyframes of closed segments, encoded in batches
+
         def close_until(t: float, final: bool = False) -> None:
             nonlocal closed
             for s in segments_from_cuts(cuts, t, spec, final=final):
                 if s.start < closed - 1e-6:
                     continue
-                seg_feats.append(self.encoder.encode(pool.take(s.start, s.end, self.keyframes)))
+                pending.append(pool.take(s.start, s.end, self.keyframes))
                 segments.append(s)
                 closed = s.end
             pool.drop_before(closed)
+            if pending and (final or sum(len(p) for p in pending) >= self.encoder.batch_size):
+                feats = self.encoder.encode(np.concatenate(pending))
+                for p in pending:
+                    seg_feats.append(feats[: len(p)])
+                    feats = feats[len(p) :]
+                pending.clear()
 
         end = 0.0
         total = info.duration or None

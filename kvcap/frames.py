@@ -18,7 +18,7 @@ from .video import Frame, frames, probe
 
 
 class KeyframePool:
-    def __init__(self, rate: float = 4.0):
+    def __init__(self, rate: float = 2.0):  # 4 distinct keyframes even in a 2-second shot
         self.period = 1.0 / rate
         self.times: list[float] = []
         self.images: list[np.ndarray] = []

@@ -138,14 +138,15 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
         vout.codec_context.time_base = Fraction(1, 1000) if info.codec == "gif" else 1 / rate
         audio = _AudioCopy(info.path, out) if info.has_audio else None
         with progress_bar(f"렌더링 (mp4) {info.path.name}", total=info.duration or None, enabled=progress) as advance:
-            last = 0.0
+            last, last_pts = 0.0, -1
             for f in frames(info):
-                rgb = f.frame.to_ndarray(format="rgb24")[:height, :width]
+                rgb = f.rgb()[:height, :width]
                 strip = timeline.at(f.time)
                 if strip is not None:
                     rgb = strip.draw(np.ascontiguousarray(rgb))
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame.pts = round(f.time / vout.codec_context.time_base)
+                # variable-rate input can put two frames in one tick: keep pts strictly increasing
+                last_pts = frame.pts = max(round(f.time / vout.codec_context.time_base), last_pts + 1)
                 frame.time_base = vout.codec_context.time_base
                 for packet in vout.encode(frame):
                     out.mux(packet)

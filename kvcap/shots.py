@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import KvcapError
 
-DETECT_WIDTH = 256  # PySceneDetect's default downscale target
+DETECT_WIDTH = 128  # content scores barely change below PySceneDetect's 256; the cost drops 4x
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Video input with PyAV: check a file, then decode it once, frame by frame.
 
 Frames are yielded as PyAV frames; each stage converts only the frames it uses, at the
-size it uses (the shot detector a small BGR frame, the encoder a 224x224 RGB one), so
-no full-size RGB copy of every frame is ever made. Decoding is threaded.
+size it uses (the shot detector a small BGR frame, the encoder a 224x224 RGB one) through
+scalers kept for the whole stream, so no full-size RGB copy of every frame is made. Decoding is threaded.
 
 Headers are not trusted: duration and frame count come from what actually decodes
 (`plaza_crowd_broken_count.avi` claims twice the frames it has).
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .errors import KvcapError
 
@@ -43,13 +45,22 @@ class Frame:
     time: float  # seconds from the start of the stream
     frame: av.VideoFrame
 
-    def rgb(self, width: int, height: int):
-        """This frame resized whole to width x height, as an RGB uint8 array."""
-        return self.frame.to_ndarray(width=width, height=height, format="rgb24")
+    scalers: dict  # (width, height, format) -> VideoReformatter, shared by the whole stream
 
-    def bgr(self, width: int, height: int):
+    def _convert(self, width, height, fmt: str, interpolation: str) -> np.ndarray:
+        key = (width, height, fmt)
+        scaler = self.scalers.get(key)
+        if scaler is None:  # one per target: a scaler rebuilds itself whenever its target changes
+            scaler = self.scalers[key] = VideoReformatter()
+        return scaler.reformat(self.frame, width, height, fmt, interpolation=interpolation).to_ndarray()
+
+    def rgb(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """This frame resized whole to width x height (default: its own size), RGB uint8."""
+        return self._convert(width, height, "rgb24", "AREA")
+
+    def bgr(self, width: int, height: int) -> np.ndarray:
         """A small BGR copy for the shot detector (fast scaling: it only compares frames)."""
-        return self.frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="FAST_BILINEAR")
+        return self._convert(width, height, "bgr24", "FAST_BILINEAR")
 
 
 def _open(path: Path):
@@ -104,6 +115,8 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
             stream.codec_context.thread_count = threads
         index = 0
         last_time = -1.0
+        # scalers live as long as the stream: PyAV otherwise builds a new one for every frame
+        scalers: dict = {}
         try:
             for frame in container.decode(stream):
                 if frame.width * frame.height > MAX_PIXELS:
@@ -112,7 +125,7 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
                 if t <= last_time:  # repeated or missing timestamps: keep time moving forward
                     t = last_time + 1.0 / info.fps
                 last_time = t
-                yield Frame(index, t, frame)
+                yield Frame(index, t, frame, scalers)
                 index += 1
         except av.error.FFmpegError as exc:
             if index == 0:
