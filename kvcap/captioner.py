@@ -9,6 +9,7 @@ same thing are merged into one subtitle entry.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,12 +116,14 @@ class Captioner:
         detector = ShotDetector(spec, info.fps)
         small = detect_size(info.width, info.height)
         pool = KeyframePool()
-        seg_feats: list[np.ndarray] = []
         segments: list[Segment] = []
         cuts: list[float] = []
-        closed = 0.0  # segments before this time are final and encoded
-
-        pending: list[np.ndarray] = []  # keyframes of closed segments, encoded in batches
+        closed = 0.0  # segments before this time are final and handed to the worker
+        pending: list[np.ndarray] = []  # keyframes of closed segments, not yet handed over
+        # encoding and captioning run on a worker thread (ONNX Runtime and torch release the
+        # GIL), overlapping with decoding; each job is one batch of finished segments
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvcap-captions")
+        jobs: list[Future] = []
 
         def close_until(t: float, final: bool = False) -> None:
             nonlocal closed
@@ -132,42 +135,49 @@ class Captioner:
                 closed = s.end
             pool.drop_before(closed)
             if pending and (final or sum(len(p) for p in pending) >= self.encoder.batch_size):
-                feats = self.encoder.encode(np.concatenate(pending))
-                for p in pending:
-                    seg_feats.append(feats[: len(p)])
-                    feats = feats[len(p) :]
+                jobs.append(worker.submit(self._caption_keyframes, list(pending)))
                 pending.clear()
 
-        end = 0.0
-        total = info.duration or None
-        with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress) as advance:
-            for f in frames(info):
-                if detector.needs_frames:
-                    new = detector.push(f.time, f.bgr(*small))
-                    cuts.extend(new)
-                if pool.wants(f.time):
-                    pool.add(f)
-                frame_end = f.time + 1.0 / info.fps
-                advance(frame_end - end)
-                end = frame_end
-                if on_stage:
-                    on_stage("decode", end, total)
-                # encode finished segments while decoding goes on: memory stays bounded
-                if end - closed > 2 * spec.max_segment or (cuts and cuts[-1] > closed + 1e-6):
-                    close_until(end)
-            cuts.extend(detector.finish())
-            close_until(end, final=True)
-        info.duration = end  # what decoded, not what the header claimed
+        try:
+            end = 0.0
+            total = info.duration or None
+            with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress) as advance:
+                for f in frames(info):
+                    if detector.needs_frames:
+                        cuts.extend(detector.push(f.time, f.bgr(*small)))
+                    if pool.wants(f.time):
+                        pool.add(f)
+                    frame_end = f.time + 1.0 / info.fps
+                    advance(frame_end - end)
+                    end = frame_end
+                    if on_stage:
+                        on_stage("decode", end, total)
+                    if end - closed > 2 * spec.max_segment or (cuts and cuts[-1] > closed + 1e-6):
+                        close_until(end)
+                cuts.extend(detector.finish())
+                close_until(end, final=True)
+            info.duration = end  # what decoded, not what the header claimed
 
-        with progress_bar("자막 생성 (captions)", total=len(segments), enabled=progress) as advance:
-            caps = []
-            for s in range(0, len(seg_feats), 16):
-                caps.extend(self.caption_features(seg_feats[s : s + 16]))
-                advance(len(seg_feats[s : s + 16]))
-                if on_stage:
-                    on_stage("captions", len(caps), len(segments))
+            caps: list[Caption] = []
+            with progress_bar("자막 생성 (captions)", total=len(segments), enabled=progress) as advance:
+                for job in jobs:
+                    done = job.result()
+                    caps.extend(done)
+                    advance(len(done))
+                    if on_stage:
+                        on_stage("captions", len(caps), len(segments))
+        finally:
+            worker.shutdown(wait=True, cancel_futures=True)
         raw = [CaptionedSegment(s.start, s.end, c.text, c.score) for s, c in zip(segments, caps)]
         return VideoCaptions(Path(path), info, merge_repeats(raw), self.name, segments)
+
+    def _caption_keyframes(self, batch: list[np.ndarray]) -> list[Caption]:
+        feats = self.encoder.encode(np.concatenate(batch))
+        per_segment, at = [], 0
+        for frames_ in batch:
+            per_segment.append(feats[at : at + len(frames_)])
+            at += len(frames_)
+        return self.caption_features(per_segment)
 
 
 def segments_to_dicts(items: list[CaptionedSegment]) -> list[dict]:
