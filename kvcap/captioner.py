@@ -141,7 +141,7 @@ class Captioner:
         try:
             end = 0.0
             total = info.duration or None
-            with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress) as advance:
+            with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress, counts=False) as advance:
                 for f in frames(info):
                     if detector.needs_frames:
                         cuts.extend(detector.push(f.time, f.bgr(*small)))

@@ -5,7 +5,6 @@ command exits with code 2 once every other input has been handled.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -15,33 +14,14 @@ from typing import List, Optional
 import typer
 
 from .errors import KvcapError
+from .inputs import expand_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Korean video captioning: shots, Korean captions, subtitles and captioned video.")
 
-MEDIA_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif", ".mpg", ".mpeg", ".ts",
-              ".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
 
 def fail(message: str) -> None:
     print(f"kvcap: {message}", file=sys.stderr)
-
-
-def expand_inputs(items: List[str]) -> list[Path]:
-    """Files as given, globs expanded, folders searched recursively for media files."""
-    out: list[Path] = []
-    for item in items:
-        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
-        if not matches:
-            out.append(Path(item))  # reported as missing later
-        for m in matches:
-            p = Path(m)
-            if p.is_dir():
-                out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_EXTS))
-            else:
-                out.append(p)
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
 
 
 def parse_formats(text: str, gif: bool) -> list[str]:
@@ -86,7 +66,7 @@ def caption(
     from .outputs import output_path, output_stems, timestamp, write_text_outputs
     from .render import check_font, render_gif, render_mp4
     from .shots import SegmentSpec
-    from .video import is_image
+    from .inputs import is_image
 
     try:
         formats = parse_formats(format, gif)
@@ -227,6 +207,84 @@ def evaluate(
         fail(str(exc))
         raise typer.Exit(2)
     print(json.dumps(report, ensure_ascii=False, indent=2) if as_json else format_table(report))
+
+
+@app.command()
+def batch(
+    inputs: List[str] = typer.Argument(None, help="Videos, images, folders (recursive) or globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; holds the manifest too."),
+    from_file: Optional[Path] = typer.Option(None, "--from-file", help="A text file listing inputs, one per line."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: one per 2 cores)."),
+    engine: str = typer.Option("local", "--engine", help="local (process pool) | ray"),
+    format: str = typer.Option("srt,vtt,json", "--format", "-f", help="Outputs: srt,vtt,json,mp4,gif."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
+    segments: str = typer.Option("shots", "--segments"),
+    max_segment: float = typer.Option(8.0, "--max-segment"),
+    min_shot: float = typer.Option(2.0, "--min-shot"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Caption a whole library, resumably: rerun it to skip what is done and redo what changed."""
+    from .batch import run_batch, summary_dict
+    from .inputs import read_list
+    from .shots import SegmentSpec
+
+    try:
+        formats = parse_formats(format, False)
+        SegmentSpec.parse(segments, max_segment, min_shot)
+        items = list(inputs or []) + (read_list(from_file) if from_file else [])
+        if not items:
+            raise KvcapError("no inputs (give files, folders or globs, or --from-file)")
+        ensure_writable(out)
+        summary = run_batch(expand_inputs(items), out, formats=formats, model=str(model) if model else None,
+                            workers=workers, engine=engine, progress=not quiet, report=fail,
+                            segments=segments, max_segment=max_segment, min_shot=min_shot)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    print(json.dumps(summary_dict(summary), ensure_ascii=False) if as_json else summary.line())
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def index(
+    folder: Path = typer.Argument(..., help="A folder of kvcap results (JSON), searched recursively."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Build or update the caption search index of a folder (incremental)."""
+    from .search import index_path, update_index
+
+    try:
+        stats = update_index(folder, progress=not quiet)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    print(f"{index_path(folder)}: {stats['captions']} captions "
+          f"(added {stats['added']}, updated {stats['updated']}, removed {stats['removed']} files)")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="Korean words or a sentence, e.g. '검은 고양이가 걷다'."),
+    index_dir: Path = typer.Option(Path("out"), "--index", "-i", help="Folder indexed with `kvcap index`."),
+    limit: int = typer.Option(10, "--limit", "-n"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Find moments by their captions: ranked video, time span and caption."""
+    from .outputs import timestamp
+    from .search import search as run_search
+
+    try:
+        hits = run_search(query, index_dir, limit)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    for h in hits:
+        if as_json:
+            print(json.dumps(h.to_dict(), ensure_ascii=False))
+        else:
+            print(f"{h.video}  {timestamp(h.start)} → {timestamp(h.end)}  {h.text}")
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 from .errors import KvcapError
 
 FORMATS = ("aihub-coco", "aihub-multimodal", "jsonl")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass

@@ -52,8 +52,11 @@ class KeyframePool:
         return np.stack([self.images[j] for j in picks])
 
     def drop_before(self, time: float) -> None:
-        cut = bisect.bisect_left(self.times, time - 1e-6)
-        del self.times[:cut], self.images[:cut]
+        """Forget candidates before `time`, but the last of them: a short segment that starts
+        between two candidates still has its nearest frame."""
+        cut = bisect.bisect_left(self.times, time - 1e-6) - 1
+        if cut > 0:
+            del self.times[:cut], self.images[:cut]
 
 
 def sample_frames(path: str | Path, n: int) -> np.ndarray:

@@ -84,14 +84,23 @@ def detokenize(tokens: Iterable[str]) -> str:
     return normalize(text)
 
 
+STOP_LEMMAS = {"있다", "하다", "되다", "없다", "이다", "않다"}
+
+
 def lemmas(text: str) -> list[str]:
-    """Content-word lemmas ('걷는' -> '걷다'), for search and for METEOR-style matching."""
+    """Content-word lemmas for search: '걷는', '걸어가고', '걷고 있다' all give '걷다'.
+
+    Compound verbs are split ('걸어가다' = 걷다 + auxiliary 가다), auxiliaries and light verbs
+    (있다, 하다) are dropped: they match every caption and find nothing.
+    """
     out = []
-    for t in kiwi().tokenize(normalize(text)):
+    for t in kiwi().tokenize(normalize(text), split_complex=True):
         if t.tag.startswith(("NN", "NP", "NR", "SL", "SN", "XR")):
             out.append(t.form)
-        elif t.tag.startswith(("VV", "VA", "VX")):
-            out.append(t.form + "다")
+        elif t.tag.startswith(("VV", "VA")):
+            lemma = t.form + "다"
+            if lemma not in STOP_LEMMAS:
+                out.append(lemma)
     return out
 
 

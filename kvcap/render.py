@@ -137,7 +137,8 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         vout.codec_context.time_base = Fraction(1, 1000) if info.codec == "gif" else 1 / rate
         audio = _AudioCopy(info.path, out) if info.has_audio else None
-        with progress_bar(f"렌더링 (mp4) {info.path.name}", total=info.duration or None, enabled=progress) as advance:
+        with progress_bar(f"렌더링 (mp4) {info.path.name}", total=info.duration or None, enabled=progress,
+                          counts=False) as advance:
             last, last_pts = 0.0, -1
             for f in frames(info):
                 rgb = f.rgb()[:height, :width]
@@ -222,7 +223,8 @@ def render_gif(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
     times: list[float] = []
     step = 1.0 / min(fps, info.fps or fps)
     next_t = 0.0
-    with progress_bar(f"렌더링 (gif) {info.path.name}", total=info.duration or None, enabled=progress) as advance:
+    with progress_bar(f"렌더링 (gif) {info.path.name}", total=info.duration or None, enabled=progress,
+                      counts=False) as advance:
         last = 0.0
         for f in frames(info):
             advance(f.time - last)

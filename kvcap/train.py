@@ -32,11 +32,11 @@ from . import korean, metrics, modelfile
 from .captions import generate, pad_segments
 from .errors import KvcapError
 from .features import FeatureCache, encode_files
+from .inputs import VIDEO_EXTS
 from .korean import Vocab
 from .models import ModelConfig, build
 from .progress import note, progress_bar
 
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v"}
 
 
 @dataclass

@@ -21,7 +21,6 @@ from av.video.reformatter import VideoReformatter
 from .errors import KvcapError
 
 MAX_PIXELS = 8192 * 4320  # 8K; beyond this a frame is almost surely a broken or hostile header
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass
@@ -133,6 +132,3 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
         if index == 0:
             raise KvcapError("zero-length or damaged video: no frame could be decoded", path)
 
-
-def is_image(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTS
