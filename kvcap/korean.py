@@ -93,8 +93,17 @@ def lemmas(text: str) -> list[str]:
     Compound verbs are split ('걸어가다' = 걷다 + auxiliary 가다), auxiliaries and light verbs
     (있다, 하다) are dropped: they match every caption and find nothing.
     """
+    return _lemmas_of(kiwi().tokenize(normalize(text), split_complex=True))
+
+
+def lemmas_many(texts: Sequence[str]) -> list[list[str]]:
+    analysed = kiwi().tokenize([normalize(t) for t in texts], split_complex=True)
+    return [_lemmas_of(a) for a in analysed]
+
+
+def _lemmas_of(tokens) -> list[str]:
     out = []
-    for t in kiwi().tokenize(normalize(text), split_complex=True):
+    for t in tokens:
         if t.tag.startswith(("NN", "NP", "NR", "SL", "SN", "XR")):
             out.append(t.form)
         elif t.tag.startswith(("VV", "VA")):

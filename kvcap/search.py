@@ -96,11 +96,10 @@ def update_index(folder: str | Path, progress: bool = False) -> dict:
             stats["updated" if key in known else "added"] += 1
             con.execute("INSERT INTO files VALUES (?, ?, ?, ?)", (key, st.st_mtime, st.st_size, str(data["input"])))
             segs = [s for s in data["segments"] if isinstance(s, dict) and isinstance(s.get("text"), str)]
-            for seg in segs:
+            for seg, terms in zip(segs, korean.lemmas_many([s["text"] for s in segs])):
                 cur = con.execute("INSERT INTO captions (file, video, start, end, text) VALUES (?, ?, ?, ?, ?)",
                                   (key, str(data["input"]), float(seg.get("start", 0)), float(seg.get("end", 0)),
                                    seg["text"]))
-                terms = korean.lemmas(seg["text"])
                 con.execute("INSERT INTO captions_fts (rowid, lemmas) VALUES (?, ?)", (cur.lastrowid, " ".join(terms)))
                 _count_terms(con, terms, +1)
         for key in set(known) - {str(p.relative_to(folder)) for p in present}:
