@@ -141,7 +141,7 @@ def train(
     out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder media paths are relative to (default: beside the JSON)."),
     arch: str = typer.Option("attend", "--arch", help="attend | show-tell"),
-    epochs: int = typer.Option(20, "--epochs"),
+    epochs: int = typer.Option(15, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(5e-4, "--lr"),
     patience: int = typer.Option(4, "--patience", help="Stop after this many epochs without a better validation score."),

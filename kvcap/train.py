@@ -46,7 +46,7 @@ class TrainConfig:
     root: str | None = None
     out: str = "runs/model"
     arch: str = "attend"
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 5e-4
     lr_decay: float = 0.8  # multiplied in every `lr_decay_every` epochs

@@ -23,6 +23,8 @@ def main() -> None:
     card = args.card.read_text(encoding="utf-8") if args.card else None
     meta = dict(loaded.meta)
     meta["name"] = args.dest.name
+    if isinstance(meta.get("data"), dict):  # no absolute paths of the training machine in the package
+        meta["data"]["path"] = Path(meta["data"]["path"]).name
     modelfile.save(args.dest, loaded.model, loaded.vocab, meta, card=card, half=True)
     if (args.run / "split.json").exists():
         shutil.copy2(args.run / "split.json", args.dest / "split.json")
