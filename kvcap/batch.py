@@ -12,7 +12,6 @@ Engines: `local` (default) is a process pool, each worker loading the model once
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import KvcapError
+from .inputs import file_hash
 
 MANIFEST = "kvcap_manifest.sqlite"
 
@@ -89,14 +89,6 @@ class Manifest:
 
     def close(self) -> None:
         self.con.close()
-
-
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_id(model_dir: str | Path | None) -> str:

@@ -12,7 +12,6 @@ kept in the cache folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import KvcapError
+from .inputs import file_hash
 
 ENCODER_NAME = "efficientnet-lite0"
 INPUT_SIZE = 224
@@ -194,11 +194,7 @@ class FeatureCache:
 
     @staticmethod
     def key(path: str | Path) -> str:
-        h = hashlib.sha1()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_hash(path)
 
     def _file(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"

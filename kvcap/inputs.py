@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -30,6 +31,15 @@ def expand_inputs(items: Iterable[str]) -> list[Path]:
 
 def is_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-1 of a file's content: what the feature cache and the batch manifest key on."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_list(path: str | Path) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvcap.batch import MANIFEST, Task, plan, run_batch
+from kvcap.batch import MANIFEST, plan, run_batch
 from kvcap.search import jamo, search, update_index
 
 

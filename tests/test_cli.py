@@ -17,7 +17,7 @@ import srt
 import webvtt
 from PIL import Image
 
-from conftest import HELDOUT_IMAGES, make_audio_only, make_video, need
+from conftest import HELDOUT_IMAGES, make_audio_only, need
 
 HANGUL = re.compile(r"[가-힣]")
 LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) → (\d\d:\d\d:\d\d\.\d\d\d)  (.+)$")

@@ -1,7 +1,6 @@
 """Stages 2 (segment) and 3 (keyframes)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import make_video

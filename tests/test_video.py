@@ -5,7 +5,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import make_audio_only, make_video
+from conftest import make_audio_only
 from kvcap.errors import KvcapError
 from kvcap.video import MAX_PIXELS, frames, probe
 
