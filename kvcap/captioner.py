@@ -78,7 +78,9 @@ class Captioner:
         self.model = loaded.model.eval()
         self.vocab = loaded.vocab
         self.name = loaded.name
-        self.beam = beam or int(loaded.meta.get("decoding", {}).get("beam", 3))
+        decoding = loaded.meta.get("decoding", {})
+        self.beam = beam or int(decoding.get("beam", 3))
+        self.length_penalty = float(decoding.get("length_penalty", 0.7))
         self.keyframes = keyframes
         self.threads = threads or os.cpu_count() or 1
         torch.set_num_threads(self.threads)
@@ -100,7 +102,7 @@ class Captioner:
     # ------------------------------------------------------------------ images
 
     def caption_features(self, segments: list[np.ndarray]) -> list[Caption]:
-        return generate(self.model, self.vocab, segments, beam=self.beam)
+        return generate(self.model, self.vocab, segments, beam=self.beam, length_penalty=self.length_penalty)
 
     def caption_image(self, image: str | Path | Image.Image) -> CaptionedSegment:
         feats = self.encoder.encode(load_image(image)[None])

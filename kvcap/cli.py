@@ -191,7 +191,7 @@ def evaluate(
     format: str = typer.Option("aihub-coco", "--format"),
     root: Optional[Path] = typer.Option(None, "--root"),
     split: str = typer.Option("test", "--split", help="test | validation | all (test/validation: the model's split.json)."),
-    beam: int = typer.Option(3, "--beam"),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam width (default: the model's own)."),
     baselines: bool = typer.Option(False, "--baselines", help="Also score nearest-neighbour and constant-caption baselines."),
     as_json: bool = typer.Option(False, "--json"),
     examples: int = typer.Option(0, "--examples", help="Print this many generated/reference caption pairs."),

@@ -32,9 +32,11 @@ def _split_ids(model_dir: Path, split: str) -> set[str] | None:
     return set(map(str, ids[split]))
 
 
-def evaluate_model(model_dir, data_path, fmt: str = "aihub-coco", root=None, *, split: str = "test", beam: int = 3,
+def evaluate_model(model_dir, data_path, fmt: str = "aihub-coco", root=None, *, split: str = "test",
+                   beam: int | None = None,
                    baselines: bool = False, progress: bool = True, n_examples: int = 0) -> dict:
     loaded = modelfile.load(model_dir)
+    beam = beam or int(loaded.meta.get("decoding", {}).get("beam", 3))
     model_dir = Path(model_dir) if model_dir else modelfile.default_dir()
     examples = datasets.load(data_path, fmt, root)
     wanted = _split_ids(model_dir, split)
