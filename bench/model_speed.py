@@ -54,7 +54,7 @@ def main() -> None:
     print(f"caption generation ({cap.name}):")
     from kvcap.captions import generate
 
-    for beam in (1, 3):
+    for beam in (1, 5):
         for batch in (1, 32):
             items = feats[:batch] if batch > 1 else feats[:8]
             fn = (lambda: generate(cap.model, cap.vocab, items, beam=beam, batch_size=batch))
@@ -64,7 +64,8 @@ def main() -> None:
     if log.exists():
         rows = list(csv.DictReader(open(log)))
         secs = [float(r["seconds"]) for r in rows]
-        print(f"training: {len(rows)} epochs, median {np.median(secs):.0f} s/epoch (cached features, val CIDEr included)")
+        print(f"training ({log}): {len(rows)} epochs, fastest {min(secs):.0f} s, median {np.median(secs):.0f} s per epoch "
+              "(cached features; validation loss and CIDEr-D included)")
 
 
 if __name__ == "__main__":
