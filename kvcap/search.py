@@ -206,14 +206,18 @@ def search(query: str, folder: str | Path, limit: int = 10) -> list[Hit]:
         terms = query_terms(con, query)
         if not terms:
             return []
-        fts_query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        rows = con.execute(
-            "SELECT c.video, c.start, c.end, c.text, captions_fts.lemmas, bm25(captions_fts) FROM captions_fts "
-            "JOIN captions c ON c.id = captions_fts.rowid WHERE captions_fts MATCH ? "
-            "ORDER BY bm25(captions_fts) LIMIT ?", (fts_query, max(200, 20 * limit))).fetchall()
+        quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
+        sql = ("SELECT c.video, c.start, c.end, c.text, captions_fts.lemmas, bm25(captions_fts) FROM captions_fts "
+               "JOIN captions c ON c.id = captions_fts.rowid WHERE captions_fts MATCH ? "
+               "ORDER BY bm25(captions_fts) LIMIT ?")
+        # captions with every word first (few rows to rank), then, if too few, with any word
+        rows = con.execute(sql, (" AND ".join(quoted), max(200, 20 * limit))).fetchall()
+        if len(rows) < limit and len(quoted) > 1:
+            rows += con.execute(sql, (" OR ".join(quoted), max(200, 20 * limit))).fetchall()
     finally:
         con.close()
     wanted = set(terms)
+    rows = list({(r[0], r[1], r[3]): r for r in reversed(rows)}.values())  # AND hits also come back from OR
     ranked = sorted(rows, key=lambda r: (-len(wanted & set(r[4].split())), r[5], r[0], r[1]))
     return [Hit(v, s, e, t, round(len(wanted & set(lem.split())) - bm / 100, 4))
             for v, s, e, t, lem, bm in ranked[:limit]]
