@@ -73,7 +73,7 @@ Progress = Callable[[str, float, float | None], None]
 
 class Captioner:
     def __init__(self, loaded: modelfile.Loaded, *, beam: int | None = None, keyframes: int = 4,
-                 encoder_backend: str = "auto", threads: int | None = None):
+                 encoder_backend: str = "auto", threads: int | None = None, decode_threads: int = 0):
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.vocab = loaded.vocab
@@ -83,6 +83,7 @@ class Captioner:
         self.length_penalty = float(decoding.get("length_penalty", 0.7))
         self.keyframes = keyframes
         self.threads = threads or os.cpu_count() or 1
+        self.decode_threads = decode_threads  # 0: FFmpeg decides (best for one process alone)
         torch.set_num_threads(self.threads)
         self._encoder_backend = encoder_backend
         self._encoder: Encoder | None = None
@@ -144,7 +145,7 @@ class Captioner:
             end = 0.0
             total = info.duration or None
             with progress_bar(f"디코딩·장면 분할 {info.path.name}", total=total, enabled=progress, counts=False) as advance:
-                for f in frames(info):
+                for f in frames(info, threads=self.decode_threads):
                     if detector.needs_frames:
                         cuts.extend(detector.push(f.time, f.bgr(*small)))
                     if pool.wants(f.time):
