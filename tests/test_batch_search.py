@@ -185,3 +185,12 @@ def test_batch_killed_halfway_loses_only_items_in_flight(library, tmp_path):
     summary = json.loads(r.stdout)
     assert summary["skipped"] >= finished
     assert summary["done"] + summary["skipped"] == 4 and summary["failed"] == 1
+
+
+def test_batch_from_file_list(library, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my videos\n{library / 'carphone_tiny.mp4'}\n\n{library / 'clips' / 'classroom.gif'}\n")
+    r = kvcap("batch", "--from-file", listing, "--out", tmp_path / "o", "--json", "--quiet", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["done"] == 2
+    assert kvcap("batch", "--out", tmp_path / "o2", "--quiet").returncode == 2  # no inputs at all
