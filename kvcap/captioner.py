@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -183,8 +183,4 @@ class Captioner:
         return self.caption_features(per_segment)
 
 
-def segments_to_dicts(items: list[CaptionedSegment]) -> list[dict]:
-    return [asdict(s) for s in items]
-
-
-__all__ = ["Captioner", "CaptionedSegment", "VideoCaptions", "merge_repeats", "korean"]
+__all__ = ["Captioner", "CaptionedSegment", "VideoCaptions", "merge_repeats"]

@@ -40,7 +40,9 @@ def evaluate_model(model_dir, data_path, fmt: str = "aihub-coco", root=None, *, 
     model_dir = Path(model_dir) if model_dir else modelfile.default_dir()
     examples = datasets.load(data_path, fmt, root)
     wanted = _split_ids(model_dir, split)
-    held = _split_ids(model_dir, "validation") | _split_ids(model_dir, "test") if (model_dir / "split.json").exists() else set()
+    held: set[str] = set()  # validation and test ids never serve as the baselines' training set
+    if (model_dir / "split.json").exists():
+        held = _split_ids(model_dir, "validation") | _split_ids(model_dir, "test")
     cfg = TrainConfig(data=str(data_path), format=fmt, quiet=not progress)
     feats, kept = example_features(examples, cfg, report=lambda m: None)
     examples = [examples[i] for i in kept]
@@ -54,7 +56,8 @@ def evaluate_model(model_dir, data_path, fmt: str = "aihub-coco", root=None, *, 
     report = {"model": loaded.name, "split": split, "n": len(chosen), "beam": beam,
               "scores": _rounded(metrics.evaluate(hyps, refs))}
     if baselines:
-        train = [i for i, e in enumerate(examples) if e.id not in held and i not in set(chosen)]
+        chosen_set = set(chosen)
+        train = [i for i, e in enumerate(examples) if e.id not in held and i not in chosen_set]
         if not train:
             raise KvcapError("no training examples left for the baselines", data_path)
         report["baselines"] = {

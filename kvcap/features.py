@@ -17,7 +17,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -72,22 +72,19 @@ def _build_torch_model():
     return model.to(memory_format=torch.channels_last)
 
 
-class _Trunk:
+def _trunk():
     """The convolutional trunk as a module returning (N, 1280, 7, 7)."""
+    import torch
 
-    @staticmethod
-    def module():
-        import torch
+    class Trunk(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _build_torch_model()
 
-        class Trunk(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = _build_torch_model()
+        def forward(self, x):
+            return self.net.extract_features(x)
 
-            def forward(self, x):
-                return self.net.extract_features(x)
-
-        return Trunk().eval()
+    return Trunk().eval()
 
 
 class Encoder:
@@ -109,7 +106,7 @@ class Encoder:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self._lock = threading.Lock()
         if backend == "torch":
-            self._model = _Trunk.module()
+            self._model = _trunk()
         else:
             self._session = _onnx_session(self.threads)
 
@@ -167,7 +164,7 @@ def export_onnx(path: Path) -> Path:
     """Export the trunk to ONNX (the legacy exporter; the dynamo one needs onnxscript)."""
     import torch
 
-    model = _Trunk.module()
+    model = _trunk()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
@@ -275,8 +272,3 @@ def _report(on_error, index: int, exc: KvcapError) -> None:
     if on_error is None:
         raise exc
     on_error(index, exc)
-
-
-def encode_images(images: Iterable[str | Path | Image.Image], encoder: Encoder) -> np.ndarray:
-    """Spatial features for a few images, without the cache (the captioning path)."""
-    return encoder.encode(np.stack([load_image(i) for i in images]))

@@ -222,8 +222,7 @@ def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> flo
 
 
 def score_split(model, prep: Prepared, indices: list[int], beam: int = 1) -> tuple[dict, list[str]]:
-    model_cpu = model
-    caps = generate(model_cpu, prep.vocab, [prep.feats[i].float().numpy() for i in indices], beam=beam)
+    caps = generate(model, prep.vocab, [prep.feats[i].float().numpy() for i in indices], beam=beam)
     hyps = {i: c.text for i, c in zip(indices, caps)}
     return metrics.evaluate(hyps, {i: prep.refs[i] for i in indices}), [c.text for c in caps]
 
@@ -397,7 +396,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
 def test_scores(model, prep: Prepared, out: Path, cfg: TrainConfig, state: dict) -> dict:
     """Score the kept model on the test split (beam 5) and record it in config.json."""
     indices = prep.test or prep.val
-    scores, texts = score_split(model, prep, indices, beam=5)
+    scores, _ = score_split(model, prep, indices, beam=5)
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     config["test"] = {k: round(v, 5) for k, v in scores.items()}
     config["training"] = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],

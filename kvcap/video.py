@@ -33,10 +33,6 @@ class VideoInfo:
     has_audio: bool
     codec: str
 
-    @property
-    def frame_count_estimate(self) -> int:
-        return max(1, round(self.duration * self.fps))
-
 
 @dataclass
 class Frame:
