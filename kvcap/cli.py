@@ -214,7 +214,7 @@ def batch(
     inputs: List[str] = typer.Argument(None, help="Videos, images, folders (recursive) or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; holds the manifest too."),
     from_file: Optional[Path] = typer.Option(None, "--from-file", help="A text file listing inputs, one per line."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: one per 2 cores)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (default: one per core, at most 8)."),
     engine: str = typer.Option("local", "--engine", help="local (process pool) | ray"),
     format: str = typer.Option("srt,vtt,json", "--format", "-f", help="Outputs: srt,vtt,json,mp4,gif."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
