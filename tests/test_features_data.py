@@ -124,3 +124,22 @@ def test_split_is_by_example_and_puts_most_references_in_test():
     assert len(test) == 5 and len(val) == 5 and len(train) == 90
     assert all(len(e.captions) == 5 for e in test + val)
     assert not {e.id for e in train} & {e.id for e in val + test}
+
+
+def test_video_examples_become_multi_frame_segments(tmp_path):
+    from kvcap.train import TrainConfig, example_features
+
+    make_video(tmp_path / "clip.mp4", [(200, 40, 40), (40, 40, 200)], seconds_each=1.0)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    examples = [datasets.Example("v", [tmp_path / "clip.mp4"], ["영상이다."]),
+                datasets.Example("i", [tmp_path / "a.png"], ["검은 화면이다."]),
+                datasets.Example("bad", [tmp_path / "a.png", tmp_path / "gone.png"], ["없다."])]
+    notes = []
+    cfg = TrainConfig(data="x", cache=str(tmp_path / "cache"), quiet=True, video_frames=4)
+    feats, kept = example_features(examples, cfg, notes.append)
+    assert kept == [0, 1]
+    assert feats[0].shape == (4, 49, 1280) and feats[1].shape == (1, 49, 1280)
+    assert not np.allclose(feats[0][0], feats[0][3])  # frames from both scenes, not one frame four times
+    assert any("record bad" in n for n in notes)
+    again, _ = example_features(examples[:1], cfg, notes.append)  # second time from the cache
+    assert np.array_equal(again[0], feats[0])
