@@ -160,6 +160,8 @@ class Captioner:
                 cuts.extend(detector.finish())
                 close_until(end, final=True)
             info.duration = end  # what decoded, not what the header claimed
+            if on_stage:
+                on_stage("shots", len(segments), len(segments))
 
             caps: list[Caption] = []
             with progress_bar("자막 생성 (captions)", total=len(segments), enabled=progress) as advance:

@@ -287,6 +287,48 @@ def search(
             print(f"{h.video}  {timestamp(h.start)} → {timestamp(h.end)}  {h.text}")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", "-p"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder for uploads, jobs and outputs "
+                                        "(default: kvcap-web in the cache folder)."),
+    max_upload: float = typer.Option(1024, "--max-upload", help="Largest upload in MB."),
+    keep: float = typer.Option(24, "--keep", help="Hours a finished job and its files are kept."),
+    queue: int = typer.Option(8, "--queue", help="Jobs that may wait; more uploads are refused until one ends."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
+    segments: str = typer.Option("shots", "--segments", help="shots | adaptive | hash | fixed:N"),
+    max_segment: float = typer.Option(8.0, "--max-segment"),
+    min_shot: float = typer.Option(2.0, "--min-shot"),
+) -> None:
+    """Start the web app: drop a video in the page, watch it with Korean captions."""
+    from .captioner import Captioner
+    from .features import cache_home
+    from .render import check_font
+    from .shots import SegmentSpec
+    from .webapp import Settings, listen
+    from .webapp import serve as run_server
+
+    try:
+        if max_upload <= 0 or keep <= 0 or queue < 1:
+            raise KvcapError("--max-upload and --keep must be positive, --queue at least 1")
+        SegmentSpec.parse(segments, max_segment, min_shot)
+        check_font()
+        folder = data or cache_home() / "kvcap-web"
+        ensure_writable(folder)
+        try:
+            sock = listen(host, port)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise KvcapError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        captioner = Captioner.from_pretrained(model)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    settings = Settings(folder, max_upload=int(max_upload * (1 << 20)), keep=keep * 3600, queue_size=queue,
+                        segments=segments, max_segment=max_segment, min_shot=min_shot)
+    run_server(settings, captioner, sock)
+
+
 def main() -> None:
     try:
         app()

@@ -13,7 +13,7 @@ from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -127,8 +127,11 @@ class Timeline:
 
 
 def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool = False,
-               progress: bool = False, crf: int = 20, preset: str = "veryfast") -> Path:
-    """The video at its own size, rate and length with captions burned in; audio is kept."""
+               progress: bool = False, crf: int = 20, preset: str = "veryfast",
+               on_progress: Callable[[float], None] | None = None) -> Path:
+    """The video at its own size, rate and length with captions burned in; audio is kept.
+    With no segments it is a plain H.264/AAC copy that browsers play. `on_progress` gets
+    the seconds rendered so far."""
     width, height = info.width - info.width % 2, info.height - info.height % 2  # yuv420p needs even sizes
     timeline = Timeline(segments, width, height)
     rate = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
@@ -155,6 +158,8 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
                     audio.mux_until(f.time)
                 advance(f.time - last)
                 last = f.time
+                if on_progress:
+                    on_progress(f.time)
             for packet in vout.encode():
                 out.mux(packet)
             if audio:

@@ -38,6 +38,7 @@ class Hit:
     end: float
     text: str
     score: float
+    result: str = ""  # the result file it came from, relative to the indexed folder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,7 +208,8 @@ def search(query: str, folder: str | Path, limit: int = 10) -> list[Hit]:
         if not terms:
             return []
         quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
-        sql = ("SELECT c.video, c.start, c.end, c.text, captions_fts.lemmas, bm25(captions_fts) FROM captions_fts "
+        sql = ("SELECT c.video, c.start, c.end, c.text, captions_fts.lemmas, bm25(captions_fts), c.file "
+               "FROM captions_fts "
                "JOIN captions c ON c.id = captions_fts.rowid WHERE captions_fts MATCH ? "
                "ORDER BY bm25(captions_fts) LIMIT ?")
         # captions with every word first (few rows to rank), then, if too few, with any word
@@ -217,7 +219,7 @@ def search(query: str, folder: str | Path, limit: int = 10) -> list[Hit]:
     finally:
         con.close()
     wanted = set(terms)
-    rows = list({(r[0], r[1], r[3]): r for r in reversed(rows)}.values())  # AND hits also come back from OR
+    rows = list({(r[6], r[1], r[3]): r for r in reversed(rows)}.values())  # AND hits also come back from OR
     ranked = sorted(rows, key=lambda r: (-len(wanted & set(r[4].split())), r[5], r[0], r[1]))
-    return [Hit(v, s, e, t, round(len(wanted & set(lem.split())) - bm / 100, 4))
-            for v, s, e, t, lem, bm in ranked[:limit]]
+    return [Hit(v, s, e, t, round(len(wanted & set(lem.split())) - bm / 100, 4), f)
+            for v, s, e, t, lem, bm, f in ranked[:limit]]

@@ -32,6 +32,9 @@ class VideoInfo:
     duration: float  # from the container header; an estimate until decoded
     has_audio: bool
     codec: str
+    container: str = ""  # FFmpeg's demuxer names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    audio_codec: str | None = None
+    pix_fmt: str | None = None
 
 
 @dataclass
@@ -60,19 +63,19 @@ class Frame:
 
 def _open(path: Path):
     if not path.exists():
-        raise KvcapError("no such file", path)
+        raise KvcapError("no such file", path, "missing")
     if path.is_dir():
-        raise KvcapError("is a folder, not a video", path)
+        raise KvcapError("is a folder, not a video", path, "not_video")
     if path.stat().st_size == 0:
-        raise KvcapError("empty file (0 bytes)", path)
+        raise KvcapError("empty file (0 bytes)", path, "empty")
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError:
-        raise KvcapError("not a video file (no known container format)", path) from None
+        raise KvcapError("not a video file (no known container format)", path, "not_video") from None
     except av.error.EOFError:
-        raise KvcapError("zero-length video (the file ends right after its header)", path) from None
+        raise KvcapError("zero-length video (the file ends right after its header)", path, "empty") from None
     except av.error.FFmpegError as exc:
-        raise KvcapError(f"cannot open video ({exc.strerror or exc})", path) from None
+        raise KvcapError(f"cannot open video ({exc.strerror or exc})", path, "damaged") from None
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -80,22 +83,25 @@ def probe(path: str | Path) -> VideoInfo:
     path = Path(path)
     with _open(path) as container:
         if not container.streams.video:
-            kind = "an audio-only file" if container.streams.audio else "a file without a video stream"
-            raise KvcapError(f"{kind}: nothing to caption", path)
+            if container.streams.audio:
+                raise KvcapError("an audio-only file: nothing to caption", path, "audio_only")
+            raise KvcapError("a file without a video stream: nothing to caption", path, "no_video")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > MAX_PIXELS:
-            raise KvcapError(f"frame size {width}x{height} is beyond the limit of {MAX_PIXELS // 1_000_000} megapixels", path)
+            raise KvcapError(f"frame size {width}x{height} is beyond the limit of {MAX_PIXELS // 1_000_000} megapixels", path, "too_large")
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         duration = 0.0
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / 1_000_000
-        info = VideoInfo(path, width, height, float(rate), duration, bool(container.streams.audio),
-                         stream.codec_context.name)
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        info = VideoInfo(path, width, height, float(rate), duration, audio is not None, stream.codec_context.name,
+                         container.format.name, audio, stream.codec_context.format.name
+                         if stream.codec_context.format else None)
     if width <= 0 or height <= 0:
-        raise KvcapError("video stream has no frame size (damaged header)", path)
+        raise KvcapError("video stream has no frame size (damaged header)", path, "damaged")
     return info
 
 
@@ -115,7 +121,7 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
         try:
             for frame in container.decode(stream):
                 if frame.width * frame.height > MAX_PIXELS:
-                    raise KvcapError(f"frame size {frame.width}x{frame.height} is beyond the limit", path)
+                    raise KvcapError(f"frame size {frame.width}x{frame.height} is beyond the limit", path, "too_large")
                 t = float(frame.time) if frame.time is not None else index / info.fps
                 if t <= last_time:  # repeated or missing timestamps: keep time moving forward
                     t = last_time + 1.0 / info.fps
@@ -124,7 +130,7 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
                 index += 1
         except av.error.FFmpegError as exc:
             if index == 0:
-                raise KvcapError(f"video data is damaged ({exc.strerror or exc})", path) from None
+                raise KvcapError(f"video data is damaged ({exc.strerror or exc})", path, "damaged") from None
         if index == 0:
-            raise KvcapError("zero-length or damaged video: no frame could be decoded", path)
+            raise KvcapError("zero-length or damaged video: no frame could be decoded", path, "damaged")
 

@@ -114,3 +114,80 @@ def make_audio_only(path: Path, seconds: float = 1.0) -> Path:
 def synthetic_video(tmp_path) -> Path:
     return make_video(tmp_path / "three_scenes.mp4", [(200, 30, 30), (30, 200, 30), (30, 30, 200)],
                       seconds_each=3.0, audio=True)
+
+
+# ----------------------------------------------------------------------------- web app
+
+class Server:
+    """`kvcap serve` running in its own process on a loopback port (a real uvicorn)."""
+
+    def __init__(self, data: Path, *args: str, timeout: float = 120.0):
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.data, self.args = data, args
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(data.parent / f"{data.name}-server.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kvcap", "serve", "--port", str(self.port),
+                                      "--data", str(data), *args], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kvcap serve exited with {self.proc.returncode}: {self.log_text()}")
+            try:
+                if httpx.get(f"{self.url}/api/config", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"kvcap serve did not start in {timeout} s: {self.log_text()}")
+            time.sleep(0.3)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-3000:]
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(30)
+        self.log.close()
+
+
+def upload(url: str, path: Path, name: str | None = None):
+    import httpx
+
+    with open(path, "rb") as f:
+        return httpx.post(f"{url}/api/jobs", files={"file": (name or path.name, f, "application/octet-stream")},
+                          timeout=60)
+
+
+def wait_job(url: str, job_id: str, until=("done", "failed"), timeout: float = 240.0) -> dict:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, videos):
+    """A server shared by a test module: uploads up to 4 MB, finished jobs kept an hour."""
+    server = Server(tmp_path_factory.mktemp("web") / "data", "--max-upload", "4", "--keep", "1")
+    yield server
+    server.stop()

@@ -1,0 +1,263 @@
+// kvcap page: upload a video, follow its job, then play it with its Korean captions.
+// Plain script, no build step and nothing from other hosts. The job id lives in the
+// address (#job=…), so a reload or a shared link comes back to the same result.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STAGES = ["upload", "queued", "decode", "shots", "captions", "render"];
+const STAGE_TEXT = {
+  upload: "올리는 중", queued: "차례를 기다리는 중", decode: "동영상을 읽고 장면을 나누는 중",
+  shots: "장면을 나누는 중", captions: "자막을 만드는 중", render: "자막 입힌 동영상을 만드는 중",
+};
+let limit = null;      // bytes, from /api/config
+let current = null;    // the job shown: {id, segments}
+let polling = null;
+
+function show(id, visible) { $(id).hidden = !visible; }
+
+function clock(seconds) {
+  const s = Math.max(0, seconds);
+  const m = Math.floor(s / 60);
+  const rest = (s - m * 60).toFixed(1).padStart(4, "0");
+  return `${String(m).padStart(2, "0")}:${rest}`;
+}
+
+function setError(message) {
+  $("error").textContent = message || "";
+  show("error", Boolean(message));
+}
+
+function setStage(stage, fraction, text) {
+  const at = STAGES.indexOf(stage);
+  for (const li of $("stages").children) {
+    const i = STAGES.indexOf(li.dataset.stage);
+    li.classList.toggle("done", i < at);
+    li.classList.toggle("active", i === at);
+  }
+  $("bar").value = fraction;
+  $("percent").textContent = `${Math.round(fraction * 100)}%`;
+  $("status-text").textContent = text || STAGE_TEXT[stage] || "";
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") return body.detail;
+  } catch (e) { /* not JSON */ }
+  return `요청이 실패했습니다 (HTTP ${response.status}).`;
+}
+
+// ---------------------------------------------------------------- upload
+
+function upload(file) {
+  setError(null);
+  if (limit !== null && file.size > limit.bytes) {
+    setError(`파일이 너무 큽니다 (최대 ${limit.text}).`);
+    return;
+  }
+  show("result", false);
+  show("progress", true);
+  $("job-name").textContent = file.name;
+  setStage("upload", 0);
+  const form = new FormData();
+  form.append("file", file);
+  const xhr = new XMLHttpRequest();  // fetch() cannot report upload progress
+  xhr.open("POST", "/api/jobs");
+  xhr.responseType = "json";
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) setStage("upload", e.loaded / e.total);
+  };
+  xhr.onload = () => {
+    const body = xhr.response || {};
+    if (xhr.status === 201) {
+      location.hash = `job=${body.id}`;  // hashchange starts following the job
+    } else {
+      show("progress", false);
+      setError(body.detail || `업로드가 실패했습니다 (HTTP ${xhr.status}).`);
+    }
+  };
+  xhr.onerror = () => {
+    show("progress", false);
+    setError("업로드가 실패했습니다. 서버에 연결할 수 없습니다.");
+  };
+  xhr.send(form);
+}
+
+const drop = $("drop");
+$("file").addEventListener("change", (e) => {
+  if (e.target.files.length) upload(e.target.files[0]);
+  e.target.value = "";
+});
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+  e.preventDefault();
+  drop.classList.add("over");
+}));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+}));
+drop.addEventListener("drop", (e) => {
+  if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
+});
+
+// ---------------------------------------------------------------- following a job
+
+function follow(id, seekTo) {
+  clearTimeout(polling);
+  setError(null);
+  const tick = async () => {
+    let response;
+    try {
+      response = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { cache: "no-store" });
+    } catch (e) {
+      polling = setTimeout(tick, 2000);  // the server may be restarting
+      return;
+    }
+    if (!response.ok) {
+      show("progress", false);
+      setError(await errorMessage(response));
+      return;
+    }
+    const job = await response.json();
+    $("job-name").textContent = job.name;
+    if (job.status === "done") {
+      show("progress", false);
+      showResult(job, seekTo);
+    } else if (job.status === "failed") {
+      show("progress", false);
+      setError(job.error.message);
+    } else {
+      show("result", false);
+      show("progress", true);
+      const waiting = job.status === "queued";
+      const text = waiting && job.queue_position > 1 ? `앞에 ${job.queue_position - 1}개 작업이 있습니다` : null;
+      setStage(waiting ? "queued" : job.stage, waiting ? 0 : job.progress, text);
+      polling = setTimeout(tick, 500);
+    }
+  };
+  tick();
+}
+
+// ---------------------------------------------------------------- result
+
+const video = $("player");
+
+function showResult(job, seekTo) {
+  const base = `/api/jobs/${job.id}`;
+  const same = current && current.id === job.id;
+  current = job;
+  show("result", true);
+  if (!same) {
+    video.src = job.video;
+    $("track").src = `${base}/vtt`;
+    video.textTracks[0].mode = $("cc").checked ? "showing" : "hidden";
+    const list = $("segments");
+    list.replaceChildren();
+    job.segments.forEach((seg, i) => {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      const span = document.createElement("span");
+      span.className = "span";
+      span.textContent = `${clock(seg.start)} – ${clock(seg.end)}`;
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = seg.text;
+      button.append(span, text);
+      button.addEventListener("click", () => seek(seg.start));
+      li.dataset.index = i;
+      li.append(button);
+      list.append(li);
+    });
+    $("segment-count").textContent = `(${job.segments.length})`;
+    for (const a of $("downloads").querySelectorAll("a")) a.href = `${base}/${a.dataset.kind}?download=1`;
+  }
+  if (seekTo !== undefined) seek(seekTo);
+  highlight();
+}
+
+function seek(t) {
+  video.currentTime = t;
+  highlight();
+  video.play().catch(() => { /* autoplay may be refused; the position is set */ });
+}
+
+function highlight() {
+  if (!current) return;
+  const t = video.currentTime;
+  for (const li of $("segments").children) {
+    const seg = current.segments[Number(li.dataset.index)];
+    const on = t >= seg.start - 0.001 && t < seg.end;
+    li.classList.toggle("current", on);
+    if (on) li.setAttribute("aria-current", "true"); else li.removeAttribute("aria-current");
+  }
+}
+
+video.addEventListener("timeupdate", highlight);
+video.addEventListener("seeked", highlight);
+$("cc").addEventListener("change", (e) => {
+  video.textTracks[0].mode = e.target.checked ? "showing" : "hidden";
+});
+$("again").addEventListener("click", () => {
+  video.pause();
+  current = null;
+  history.pushState(null, "", location.pathname);
+  show("result", false);
+  setError(null);
+  $("file").click();
+});
+
+// ---------------------------------------------------------------- search
+
+$("search-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const q = $("query").value.trim();
+  if (!q) return;
+  const response = await fetch(`/api/search?q=${encodeURIComponent(q)}`);
+  const hits = $("hits");
+  hits.replaceChildren();
+  if (!response.ok) {
+    $("search-status").textContent = await errorMessage(response);
+    return;
+  }
+  const body = await response.json();
+  $("search-status").textContent = body.hits.length ? `${body.hits.length}개 장면` : "찾은 장면이 없습니다.";
+  for (const hit of body.hits) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    const span = document.createElement("span");
+    span.className = "span";
+    span.textContent = `${hit.name} · ${clock(hit.start)} – ${clock(hit.end)}`;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = hit.text;
+    button.append(span, text);
+    button.addEventListener("click", () => {
+      if (current && current.id === hit.job) seek(hit.start);
+      else { pendingSeek = hit.start; location.hash = `job=${hit.job}`; }
+    });
+    li.append(button);
+    hits.append(li);
+  }
+});
+
+// ---------------------------------------------------------------- start
+
+let pendingSeek;
+function route() {
+  const m = /^#job=([A-Za-z0-9_-]{22})$/.exec(location.hash);
+  if (m) {
+    const t = pendingSeek;
+    pendingSeek = undefined;
+    follow(m[1], t);
+  }
+}
+window.addEventListener("hashchange", route);
+
+fetch("/api/config").then((r) => r.json()).then((c) => {
+  limit = { bytes: c.max_upload_bytes, text: c.max_upload };
+  $("limits").textContent += ` · 최대 ${c.max_upload}`;
+  $("model").textContent = `모델: ${c.model}`;
+});
+route();

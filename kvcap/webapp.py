@@ -1,0 +1,375 @@
+"""`kvcap serve`: a local web app (FastAPI) over the job store and worker in `jobs.py`.
+
+The page (`kvcap/web/`) and everything it needs (script, styles, the Hangul font, the
+API docs' Swagger UI) ship with the package: nothing is fetched from another host.
+
+Uploads are streamed to disk part by part and cut off at the size limit, so a huge or
+endless upload never fills memory or disk; then the start of the file is decoded: its
+content decides whether it is a video, not its name or extension.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+
+from . import search as caption_search
+from .errors import KvcapError
+from .jobs import OUTPUTS, Job, JobRunner, JobStore, QueueFull, check_upload
+
+log = logging.getLogger("kvcap.web")
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{22}$"
+MESSAGES = {  # what a person is told, by KvcapError.kind
+    "not_video": "이 파일은 동영상이 아닙니다.",
+    "audio_only": "이 파일은 동영상이 아닙니다 (소리만 들어 있습니다).",
+    "no_video": "이 파일은 동영상이 아닙니다 (영상이 들어 있지 않습니다).",
+    "empty": "빈 파일이거나 길이가 0인 동영상입니다.",
+    "damaged": "동영상이 손상되어 읽을 수 없습니다.",
+    "too_large": "화면 크기가 너무 큽니다 (최대 8K).",
+    "internal": "처리 중 내부 오류가 났습니다.",
+}
+STATUS_CODES = {"not_video": 415, "audio_only": 415, "no_video": 415}  # the rest: 422
+DOWNLOAD_NAMES = {"srt": ".srt", "vtt": ".vtt", "json": ".json", "mp4": ".captioned.mp4"}
+
+
+@dataclass
+class Settings:
+    data: Path
+    max_upload: int = 1 << 30  # bytes
+    keep: float = 24 * 3600.0  # seconds a finished job is kept
+    queue_size: int = 8
+    segments: str = "shots"
+    max_segment: float = 8.0
+    min_shot: float = 2.0
+
+
+def size_text(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def display_name(raw: str | None) -> str:
+    """The user's file name for display: last path component, no control characters."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    return name[:200] or "video"
+
+
+def problem(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message, "kind": kind}, status_code=status)
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class _Upload:
+    """Receives a multipart body: the part named `file` goes to `target`, at most `limit` bytes."""
+
+    def __init__(self, target: Path, limit: int):
+        self.target, self.limit = target, limit
+        self.name: str | None = None
+        self.size = 0
+        self._out = None
+        self._field, self._value, self._headers = b"", b"", {}
+        self._seen = False
+
+    def callbacks(self) -> dict:
+        return {"on_header_field": self._on_field, "on_header_value": self._on_value,
+                "on_header_end": self._on_header_end, "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_data, "on_part_end": self._on_part_end}
+
+    def _on_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._headers = {}
+        if params.get(b"name") == b"file" and not self._seen:
+            self._seen = True
+            raw = params.get(b"filename", b"")
+            self.name = display_name(raw.decode("utf-8", "replace"))
+            self._out = open(self.target, "wb")
+
+    def _on_data(self, data: bytes, start: int, end: int) -> None:
+        if self._out is None:
+            return
+        self.size += end - start
+        if self.size > self.limit:
+            raise UploadTooLarge
+        self._out.write(data[start:end])
+
+    def _on_part_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    @property
+    def received(self) -> bool:
+        return self._seen
+
+
+class SearchIndex:
+    """The caption index over finished jobs (`kvcap index` on the jobs folder), kept current."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            caption_search.update_index(self.folder)
+
+    def search(self, query: str, limit: int) -> list[caption_search.Hit]:
+        if not caption_search.index_path(self.folder).exists():
+            return []
+        return caption_search.search(query, self.folder, limit)
+
+
+def job_status(job: Job, runner: JobRunner) -> dict:
+    base = f"/api/jobs/{job.id}"
+    out = {"id": job.id, "name": job.name, "status": job.status, "stage": job.stage,
+           "progress": round(job.progress, 3), "created": job.created, "finished": job.finished}
+    if job.status == "queued":
+        out["queue_position"] = runner.position(job.id)
+    if job.status == "failed":
+        out["error"] = {"kind": job.error_kind, "message": MESSAGES.get(job.error_kind or "", job.error),
+                        "detail": job.error}
+    if job.status == "done":
+        out.update(duration=job.duration, model=job.model, segments=job.segments, video=f"{base}/video",
+                   downloads={k: f"{base}/{k}" for k in OUTPUTS})
+    return out
+
+
+def create_app(settings: Settings, captioner) -> FastAPI:
+    """The app; `captioner` (a loaded `Captioner`) is used by the one worker thread only."""
+    from .shots import SegmentSpec
+
+    store = JobStore(settings.data)
+    index = SearchIndex(store.jobs_dir)
+    spec = SegmentSpec.parse(settings.segments, settings.max_segment, settings.min_shot)
+    runner = JobRunner(store, captioner, queue_size=settings.queue_size, spec=spec,
+                       on_done=lambda job: index.refresh())
+    web = Path(str(resources.files("kvcap") / "web"))
+    fonts = Path(str(resources.files("kvcap") / "fonts"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runner.start()
+        stop = threading.Event()
+        sweeper = threading.Thread(target=_sweep, args=(store, index, settings.keep, stop), daemon=True,
+                                   name="kvcap-cleanup")
+        sweeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            runner.stop(timeout=1.0)
+
+    app = FastAPI(title="kvcap", version="0.1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="한국어 동영상 자막: 동영상을 올리면 장면마다 한국어 자막을 답니다. "
+                              "Upload a video, follow its job, fetch SRT / WebVTT / JSON / captioned MP4.")
+    app.state.store, app.state.runner, app.state.index = store, runner, index
+    app.mount("/static", StaticFiles(directory=web), name="static")
+    app.mount("/fonts", StaticFiles(directory=fonts), name="fonts")
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+
+        app.mount("/docs-assets", StaticFiles(directory=Path(str(swagger_ui_path))), name="docs-assets")
+        have_swagger = True
+    except ImportError:  # the API still works; only its interactive docs page is missing
+        have_swagger = False
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(web / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if not have_swagger:
+            return HTMLResponse("<p>Swagger UI is not installed; the API is described at "
+                                "<a href='/openapi.json'>/openapi.json</a>.</p>")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="kvcap API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/api/config", summary="Limits the page shows before an upload")
+    def config() -> dict:
+        return {"max_upload_bytes": settings.max_upload, "max_upload": size_text(settings.max_upload),
+                "keep_seconds": settings.keep, "model": captioner.name}
+
+    @app.post("/api/jobs", status_code=201, summary="Upload a video and start captioning it",
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["file"],
+                  "properties": {"file": {"type": "string", "format": "binary",
+                                          "description": "The video (any container FFmpeg reads)"}}}}}}},
+              responses={201: {"description": "Job created: `{id, status, url}`"},
+                         400: {"description": "Not a multipart upload with a `file` part"},
+                         413: {"description": "Larger than the upload limit"},
+                         415: {"description": "Not a video (decided by decoding, not by the name)"},
+                         422: {"description": "A damaged or empty video, or a frame size beyond 8K"},
+                         503: {"description": "The queue is full; try again later"}})
+    async def create_job(request: Request):
+        if runner.full():
+            return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.")
+        too_big = f"파일이 너무 큽니다 (최대 {size_text(settings.max_upload)})."
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload + 64 * 1024:
+            return problem(413, "too_big", too_big)
+        ctype, params = parse_options_header(request.headers.get("content-type", ""))
+        if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+            return problem(400, "bad_request", "multipart/form-data 형식으로 'file'을 보내 주세요.")
+        target = store.new_upload()
+        upload = _Upload(target, settings.max_upload)
+        try:
+            parser = MultipartParser(params[b"boundary"], upload.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except UploadTooLarge:
+            return problem(413, "too_big", too_big)
+        except Exception:  # a malformed body or a client that went away
+            return problem(400, "bad_request", "업로드가 중간에 끊겼거나 형식이 잘못되었습니다.")
+        finally:
+            upload.close()
+            if not upload.received or upload.size > settings.max_upload:
+                target.unlink(missing_ok=True)
+        if not upload.received:
+            return problem(400, "bad_request", "'file' 항목이 없습니다.")
+        try:
+            await run_in_threadpool(check_upload, target)
+        except KvcapError as exc:
+            target.unlink(missing_ok=True)
+            return problem(STATUS_CODES.get(exc.kind, 422), exc.kind, MESSAGES.get(exc.kind, exc.message))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        job = store.create(upload.name or "video", target)
+        try:
+            runner.submit(job)
+        except QueueFull:
+            store.delete(job.id)
+            return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.")
+        return JSONResponse({"id": job.id, "status": job.status, "url": f"/api/jobs/{job.id}"}, status_code=201,
+                            headers={"Location": f"/api/jobs/{job.id}"})
+
+    JobId = PathParam(pattern=ID_PATTERN, description="The id `POST /api/jobs` returned")
+
+    @app.get("/api/jobs/{job_id}", summary="A job's status, progress and (when done) its segments",
+             responses={404: {"description": "No such job"}})
+    async def get_job(job_id: str = JobId):
+        job = store.get(job_id)
+        if job is None:
+            return problem(404, "not_found", "작업을 찾을 수 없습니다.")
+        return job_status(job, runner)
+
+    @app.delete("/api/jobs/{job_id}", status_code=204, summary="Delete a finished job and its files",
+                responses={404: {"description": "No such job"}, 409: {"description": "Still running"}})
+    async def delete_job(job_id: str = JobId):
+        job = store.get(job_id)
+        if job is None:
+            return problem(404, "not_found", "작업을 찾을 수 없습니다.")
+        if job.status in ("queued", "running"):
+            return problem(409, "busy", "아직 처리 중인 작업은 지울 수 없습니다.")
+        store.delete(job_id)
+        await run_in_threadpool(index.refresh)
+        return JSONResponse(None, status_code=204)
+
+    @app.get("/api/jobs/{job_id}/{kind}", summary="A finished job's output file",
+             description="`srt`, `vtt`, `json`, `mp4` (captions burned in) or `video` (what the page's "
+                         "player plays: the upload, or an H.264 copy where browsers cannot play it). "
+                         "`?download=1` asks the browser to save it.",
+             responses={404: {"description": "No such job, or not finished"}})
+    async def get_output(kind: Literal["srt", "vtt", "json", "mp4", "video"], job_id: str = JobId,
+                         download: bool = Query(False)):
+        path = store.output(job_id, kind)
+        job = store.get(job_id)
+        if path is None or job is None:
+            return problem(404, "not_found", "결과 파일이 없습니다.")
+        media = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
+                 "json": "application/json", "mp4": "video/mp4"}.get(kind, job.video_type or "video/mp4")
+        stem = job.name.rsplit(".", 1)[0] if "." in job.name else job.name
+        filename = stem + DOWNLOAD_NAMES.get(kind, ".mp4" if media == "video/mp4" else ".webm")
+        return FileResponse(path, media_type=media, filename=filename,
+                            content_disposition_type="attachment" if download else "inline")
+
+    @app.get("/api/search", summary="Find moments in finished jobs by their captions",
+             description="Korean-aware: inflected forms, spacing and small typos still match (see `kvcap search`).")
+    async def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(10, ge=1, le=50)):
+        hits = await run_in_threadpool(index.search, q, limit)
+        out = []
+        for h in hits:
+            job_id = Path(h.result).parent.name
+            job = store.get(job_id)
+            if job is None or job.status != "done":
+                continue
+            out.append({"job": job_id, "name": job.name, "start": h.start, "end": h.end, "text": h.text,
+                        "score": h.score})
+        return {"query": q, "hits": out}
+
+    return app
+
+
+def _sweep(store: JobStore, index: SearchIndex, keep: float, stop: threading.Event) -> None:
+    """Remove old jobs now and then (and drop them from the search index)."""
+    while True:
+        try:
+            if store.cleanup(keep):
+                index.refresh()
+        except Exception:
+            log.exception("cleanup failed")
+        if stop.wait(min(max(keep / 4, 1.0), 300.0)):
+            return
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the port before anything slow happens, so a taken port is reported at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(settings: Settings, captioner, sock: socket.socket) -> None:
+    import uvicorn
+
+    app = create_app(settings, captioner)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"kvcap: http://{shown}:{port}/ 에서 열려 있습니다 (Ctrl+C로 끝내기); API 문서: /docs", flush=True)
+    asyncio.run(server.serve(sockets=[sock]))

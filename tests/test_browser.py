@@ -1,0 +1,148 @@
+"""The page in a real headless Chromium (Debian's, driven by Playwright) against
+`kvcap serve` on loopback: upload, progress, the captioned player, seeking by segment,
+the caption toggle, downloads, search, and errors shown in Korean.
+
+A screenshot of the result is saved in $KVCAP_ARTIFACTS (default: artifacts/) for CI."""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_audio_only
+
+CHROMIUM = os.environ.get("KVCAP_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("KVCAP_ARTIFACTS", ROOT / "artifacts"))
+# as root and on a closed network: no sandbox, no background calls to other hosts
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+HANGUL = re.compile(r"[가-힣]")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install -e '.[test]')")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"needs Chromium at {CHROMIUM} (sh scripts/install-chromium.sh installs Debian's)")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, web):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, locale="ko-KR")
+    pg = context.new_page()
+    pg.requests = []
+    pg.on("request", lambda r: pg.requests.append(r.url))
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(web.url + "/")
+    yield pg
+    context.close()
+
+
+def test_upload_watch_and_seek(page, web, videos):
+    page.set_input_files("#file", str(videos / "multishot_4cuts.mp4"))
+    # progress: the stage list shows while the job is uploaded and captioned
+    page.wait_for_selector("#progress:not([hidden])", timeout=30_000)
+    page.wait_for_selector("#segments li", timeout=240_000)
+    assert page.locator("#error").is_hidden()
+
+    texts = page.locator("#segments li .text").all_inner_texts()
+    spans = page.locator("#segments li .span").all_inner_texts()
+    # one caption per shot (cuts at 5, 10, 15 s), fewer only where neighbours said the same
+    assert 1 <= len(texts) <= 4 and all(HANGUL.search(t) for t in texts), texts
+    assert all(a != b for a, b in zip(texts, texts[1:]))
+    starts = [float(m.group(1)) * 60 + float(m.group(2)) for m in (re.match(r"(\d+):([\d.]+)", s) for s in spans)]
+    assert starts[0] == 0.0 and {round(s) for s in starts} <= {0, 5, 10, 15}
+
+    # the captions are a WebVTT track of the player, on by default
+    player = "document.querySelector('#player')"
+    page.wait_for_function(f"{player}.textTracks[0].cues && {player}.textTracks[0].cues.length > 0")
+    assert page.evaluate(f"{player}.textTracks[0].mode") == "showing"
+    cues = page.evaluate(f"Array.from({player}.textTracks[0].cues).map(c => c.text)")
+    assert cues == texts
+
+    # clicking the last segment seeks the player to its start and highlights it
+    page.locator("#segments li button").last.click()
+    page.wait_for_function(f"{player}.readyState >= 2 && !{player}.seeking")
+    page.evaluate(f"{player}.pause()")
+    t = page.evaluate(f"{player}.currentTime")
+    assert starts[-1] - 0.05 <= t < starts[-1] + 1.0, (t, starts[-1])
+    current = page.locator("#segments li.current .text").all_inner_texts()
+    assert current == [texts[-1]]
+    # the track shows that segment's caption (cues are updated as the player's clock moves)
+    active = f"Array.from({player}.textTracks[0].activeCues).map(c => c.text)"
+    page.wait_for_function(f"{active}.length === 1", timeout=5_000)
+    assert page.evaluate(active) == [texts[-1]]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-result.png"), full_page=True)
+
+    # captions can be turned off, and back on
+    page.click("#cc")
+    assert page.evaluate(f"{player}.textTracks[0].mode") == "hidden"
+    page.click("#cc")
+    assert page.evaluate(f"{player}.textTracks[0].mode") == "showing"
+
+    # downloads point at this job's files
+    job_id = re.search(r"job=([\w-]{22})", page.url).group(1)
+    hrefs = page.eval_on_selector_all("#downloads a", "as => as.map(a => a.getAttribute('href'))")
+    assert hrefs == [f"/api/jobs/{job_id}/{k}?download=1" for k in ("srt", "vtt", "json", "mp4")]
+    with page.expect_download() as dl:
+        page.click("#downloads a[data-kind=srt]")
+    assert dl.value.suggested_filename == "multishot_4cuts.srt"
+
+    # the page and everything it loaded came from the app itself
+    assert page.requests and all(u.startswith(web.url) or u.startswith("data:") for u in page.requests), \
+        [u for u in page.requests if not u.startswith(web.url)]
+    assert not page.errors
+
+
+def test_search_box_plays_from_the_hit(page, web, videos):
+    from conftest import upload, wait_job
+
+    job = wait_job(web.url, upload(web.url, videos / "multishot_4cuts.mp4").json()["id"])
+    seg = job["segments"][1] if len(job["segments"]) > 1 else job["segments"][0]
+    word = max(seg["text"].rstrip(".").split(), key=len)
+    page.fill("#query", word)
+    page.click("#search-form button")
+    page.wait_for_selector("#hits li")
+    hits = page.locator("#hits li .text").all_inner_texts()
+    assert seg["text"] in hits
+    page.locator("#hits li", has_text=seg["text"]).first.click()
+    player = "document.querySelector('#player')"
+    page.wait_for_selector("#segments li")
+    page.wait_for_function(f"{player}.readyState >= 2 && !{player}.seeking && "
+                           f"Math.abs({player}.currentTime - {seg['start']}) < 1.5")
+    assert page.locator("#segments li.current .text").first.inner_text() == seg["text"]
+
+
+def test_errors_are_shown_in_korean(page, web, tmp_path):
+    # dropped onto the page (a real drop event with a file in its DataTransfer)
+    data = base64.b64encode(make_audio_only(tmp_path / "tone.m4a").read_bytes()).decode()
+    page.evaluate("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: "audio/mp4"}));
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", [data, "tone.m4a"])
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error").startswith("이 파일은 동영상이 아닙니다")
+
+    text = tmp_path / "memo.mp4"
+    text.write_text("동영상이 아닌 글\n" * 100)
+    page.set_input_files("#file", str(text))
+    page.wait_for_function("document.querySelector('#error').textContent.includes('이 파일은 동영상이 아닙니다.')")
+
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * (5 << 20))  # over the server's 4 MB: refused in the page before uploading
+    page.set_input_files("#file", str(big))
+    page.wait_for_function("document.querySelector('#error').textContent.startsWith('파일이 너무 큽니다 (최대 4 MB)')")
+    assert not [u for u in page.requests if u.endswith("/api/jobs")][2:]  # the big file was never sent
