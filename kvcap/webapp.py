@@ -90,7 +90,8 @@ class _Upload:
         self.size = 0
         self._out = None
         self._field, self._value, self._headers = b"", b"", {}
-        self._seen = False
+        self._writing = False
+        self.complete = False  # the file part arrived whole (its closing boundary was seen)
 
     def callbacks(self) -> dict:
         return {"on_header_field": self._on_field, "on_header_value": self._on_value,
@@ -110,8 +111,7 @@ class _Upload:
     def _on_headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._headers = {}
-        if params.get(b"name") == b"file" and not self._seen:
-            self._seen = True
+        if params.get(b"name") == b"file" and self._out is None and not self.complete:
             raw = params.get(b"filename", b"")
             self.name = display_name(raw.decode("utf-8", "replace"))
             self._out = open(self.target, "wb")
@@ -125,16 +125,14 @@ class _Upload:
         self._out.write(data[start:end])
 
     def _on_part_end(self) -> None:
+        if self._out is not None:
+            self.complete = True
         self.close()
 
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
             self._out = None
-
-    @property
-    def received(self) -> bool:
-        return self._seen
 
 
 class SearchIndex:
@@ -261,10 +259,10 @@ def create_app(settings: Settings, captioner) -> FastAPI:
             return problem(400, "bad_request", "업로드가 중간에 끊겼거나 형식이 잘못되었습니다.")
         finally:
             upload.close()
-            if not upload.received or upload.size > settings.max_upload:
+            if not upload.complete:
                 target.unlink(missing_ok=True)
-        if not upload.received:
-            return problem(400, "bad_request", "'file' 항목이 없습니다.")
+        if not upload.complete:
+            return problem(400, "bad_request", "'file' 항목이 없거나 중간에 끊겼습니다.")
         try:
             await run_in_threadpool(check_upload, target)
         except KvcapError as exc:
@@ -317,7 +315,7 @@ def create_app(settings: Settings, captioner) -> FastAPI:
             return problem(404, "not_found", "결과 파일이 없습니다.")
         media = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
                  "json": "application/json", "mp4": "video/mp4"}.get(kind, job.video_type or "video/mp4")
-        stem = job.name.rsplit(".", 1)[0] if "." in job.name else job.name
+        stem = Path(job.name).stem or "video"
         filename = stem + DOWNLOAD_NAMES.get(kind, ".mp4" if media == "video/mp4" else ".webm")
         return FileResponse(path, media_type=media, filename=filename,
                             content_disposition_type="attachment" if download else "inline")

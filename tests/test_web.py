@@ -122,6 +122,27 @@ def test_upload_size_limit(web, tmp_path):
     assert not list((web.data / "uploads").iterdir())
 
 
+def test_malformed_uploads(web):
+    post = lambda body, ctype="multipart/form-data; boundary=XyZ": httpx.post(  # noqa: E731
+        f"{web.url}/api/jobs", content=body, headers={"content-type": ctype})
+    part = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\r\n" + b"\0" * 5000
+    assert post(part).status_code == 400  # the body ends inside the file: never treated as a whole file
+    assert post(b"--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--XyZ--\r\n").json()[
+        "detail"].startswith("'file' 항목이 없")
+    assert post(b"{}", "application/json").status_code == 400
+    assert not list((web.data / "uploads").iterdir())
+
+
+def test_delete_job(web, videos):
+    job_id = upload(web.url, videos / "desk_window_short.mp4").json()["id"]
+    assert wait_job(web.url, job_id)["status"] == "done"
+    assert httpx.delete(f"{web.url}/api/jobs/{job_id}").status_code == 204
+    assert httpx.get(f"{web.url}/api/jobs/{job_id}").status_code == 404
+    assert httpx.get(f"{web.url}/api/jobs/{job_id}/srt").status_code == 404
+    assert not (web.data / "jobs" / job_id).exists()
+    assert httpx.delete(f"{web.url}/api/jobs/{job_id}").status_code == 404
+
+
 def test_content_decides_not_the_name(web, videos, tmp_path):
     """A real video called 'notes.txt' is a video; the name is only shown, never a path."""
     r = upload(web.url, videos / "street_bikes.mp4", name="../../../escape/notes.txt")
