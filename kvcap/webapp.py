@@ -135,6 +135,25 @@ class _Upload:
             self._out = None
 
 
+class NoSniff:
+    """Adds `X-Content-Type-Options: nosniff` to every response (plain ASGI: no per-request
+    overhead): uploads are served back as video, and a browser must never guess another type."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 class SearchIndex:
     """The caption index over finished jobs (`kvcap index` on the jobs folder), kept current."""
 
@@ -196,6 +215,8 @@ def create_app(settings: Settings, captioner) -> FastAPI:
                   description="한국어 동영상 자막: 동영상을 올리면 장면마다 한국어 자막을 답니다. "
                               "Upload a video, follow its job, fetch SRT / WebVTT / JSON / captioned MP4.")
     app.state.store, app.state.runner, app.state.index = store, runner, index
+
+    app.add_middleware(NoSniff)
     app.mount("/static", StaticFiles(directory=web), name="static")
     app.mount("/fonts", StaticFiles(directory=fonts), name="fonts")
     try:
@@ -302,7 +323,7 @@ def create_app(settings: Settings, captioner) -> FastAPI:
         await run_in_threadpool(index.refresh)
         return JSONResponse(None, status_code=204)
 
-    @app.get("/api/jobs/{job_id}/{kind}", summary="A finished job's output file",
+    @app.api_route("/api/jobs/{job_id}/{kind}", methods=["GET", "HEAD"], summary="A finished job's output file",
              description="`srt`, `vtt`, `json`, `mp4` (captions burned in) or `video` (what the page's "
                          "player plays: the upload, or an H.264 copy where browsers cannot play it). "
                          "`?download=1` asks the browser to save it.",

@@ -69,6 +69,9 @@ def test_upload_caption_and_download(web, videos):
     # the player's file: the upload itself (H.264 in MP4 plays in browsers), seekable by range
     part = get("video", headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == video.read_bytes()[100:200]
+    assert part.headers["x-content-type-options"] == "nosniff"
+    head = httpx.head(f"{web.url}/api/jobs/{job_id}/video")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == video.stat().st_size
 
 
 def test_not_yet_done_and_unknown_jobs(web, tmp_path):
