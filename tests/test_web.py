@@ -296,6 +296,17 @@ def test_restart_keeps_finished_and_fails_unfinished(tmp_path, videos):
     finally:
         server.stop()
 
+    # finished jobs are removed after --keep hours (here 2 s) by the server itself
+    server = Server(data, "--keep", str(2 / 3600))
+    try:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/api/jobs/{done_id}").status_code != 404:
+            assert time.monotonic() < deadline, "old job not removed"
+            time.sleep(0.5)
+        assert not (data / "jobs" / done_id).exists() and not (data / "jobs" / busy_id).exists()
+    finally:
+        server.stop()
+
 
 # ----------------------------------------------------------------------------- the store, without a server
 
