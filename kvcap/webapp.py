@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
@@ -171,6 +172,64 @@ class SearchIndex:
         return caption_search.search(query, self.folder, limit)
 
 
+# --------------------------------------------------------------------------- API shapes (for /docs)
+
+class Problem(BaseModel):
+    detail: str = Field(description="What went wrong, in Korean, for people")
+    kind: str = Field(description="A stable name for programs: not_video, audio_only, too_big, busy, …")
+
+
+class Created(BaseModel):
+    id: str
+    status: str
+    url: str
+
+
+class SegmentOut(BaseModel):
+    start: float
+    end: float
+    text: str
+    score: float = Field(description="Geometric-mean token probability of the caption")
+
+
+class JobError(BaseModel):
+    kind: str | None
+    message: str | None = Field(description="In Korean, for people")
+    detail: str | None = Field(description="The technical cause")
+
+
+class JobStatus(BaseModel):
+    id: str
+    name: str = Field(description="The uploaded file's name")
+    status: Literal["queued", "running", "done", "failed"]
+    stage: Literal["queued", "decode", "shots", "captions", "render", "done", "failed"]
+    progress: float = Field(description="Within the stage, 0 to 1")
+    created: float
+    finished: float | None = None
+    queue_position: int | None = Field(None, description="While queued: 1 = next to run")
+    error: JobError | None = None
+    duration: float | None = None
+    model: str | None = None
+    segments: list[SegmentOut] | None = Field(None, description="When done: the captions, merged where "
+                                                                   "neighbouring shots got the same sentence")
+    video: str | None = Field(None, description="When done: what a player should play")
+    downloads: dict[str, str] | None = Field(None, description="When done: srt, vtt, json, mp4")
+
+
+class SearchHit(BaseModel):
+    job: str
+    name: str
+    start: float
+    end: float
+    text: str
+    score: float
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[SearchHit]
+
+
 def job_status(job: Job, runner: JobRunner) -> dict:
     base = f"/api/jobs/{job.id}"
     out = {"id": job.id, "name": job.name, "status": job.status, "stage": job.stage,
@@ -251,12 +310,12 @@ def create_app(settings: Settings, captioner) -> FastAPI:
                   "type": "object", "required": ["file"],
                   "properties": {"file": {"type": "string", "format": "binary",
                                           "description": "The video (any container FFmpeg reads)"}}}}}}},
-              responses={201: {"description": "Job created: `{id, status, url}`"},
-                         400: {"description": "Not a multipart upload with a `file` part"},
-                         413: {"description": "Larger than the upload limit"},
-                         415: {"description": "Not a video (decided by decoding, not by the name)"},
-                         422: {"description": "A damaged or empty video, or a frame size beyond 8K"},
-                         503: {"description": "The queue is full; try again later"}})
+              response_model=Created,
+              responses={400: {"model": Problem, "description": "Not a multipart upload with a whole `file` part"},
+                         413: {"model": Problem, "description": "Larger than the upload limit"},
+                         415: {"model": Problem, "description": "Not a video (decided by decoding, not by the name)"},
+                         422: {"model": Problem, "description": "A damaged or empty video, or a frame beyond 8K"},
+                         503: {"model": Problem, "description": "The queue is full; try again later"}})
     async def create_job(request: Request):
         if runner.full():
             return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.")
@@ -304,7 +363,8 @@ def create_app(settings: Settings, captioner) -> FastAPI:
     JobId = PathParam(pattern=ID_PATTERN, description="The id `POST /api/jobs` returned")
 
     @app.get("/api/jobs/{job_id}", summary="A job's status, progress and (when done) its segments",
-             responses={404: {"description": "No such job"}})
+             response_model=JobStatus, response_model_exclude_none=True,
+             responses={404: {"model": Problem, "description": "No such job"}})
     async def get_job(job_id: str = JobId):
         job = store.get(job_id)
         if job is None:
@@ -312,7 +372,8 @@ def create_app(settings: Settings, captioner) -> FastAPI:
         return job_status(job, runner)
 
     @app.delete("/api/jobs/{job_id}", status_code=204, summary="Delete a finished job and its files",
-                responses={404: {"description": "No such job"}, 409: {"description": "Still running"}})
+                responses={404: {"model": Problem, "description": "No such job"},
+                           409: {"model": Problem, "description": "Still queued or running"}})
     async def delete_job(job_id: str = JobId):
         job = store.get(job_id)
         if job is None:
@@ -323,11 +384,12 @@ def create_app(settings: Settings, captioner) -> FastAPI:
         await run_in_threadpool(index.refresh)
         return JSONResponse(None, status_code=204)
 
-    @app.api_route("/api/jobs/{job_id}/{kind}", methods=["GET", "HEAD"], summary="A finished job's output file",
+    @app.get("/api/jobs/{job_id}/{kind}", summary="A finished job's output file", response_class=FileResponse,
              description="`srt`, `vtt`, `json`, `mp4` (captions burned in) or `video` (what the page's "
                          "player plays: the upload, or an H.264 copy where browsers cannot play it). "
                          "`?download=1` asks the browser to save it.",
-             responses={404: {"description": "No such job, or not finished"}})
+             responses={200: {"description": "The file (ranges are supported for seeking)"},
+                        404: {"model": Problem, "description": "No such job, or not finished"}})
     async def get_output(kind: Literal["srt", "vtt", "json", "mp4", "video"], job_id: str = JobId,
                          download: bool = Query(False)):
         path = store.output(job_id, kind)
@@ -341,7 +403,10 @@ def create_app(settings: Settings, captioner) -> FastAPI:
         return FileResponse(path, media_type=media, filename=filename,
                             content_disposition_type="attachment" if download else "inline")
 
-    @app.get("/api/search", summary="Find moments in finished jobs by their captions",
+    # HEAD for players and download managers that ask for the size first (not repeated in /docs)
+    app.add_api_route("/api/jobs/{job_id}/{kind}", get_output, methods=["HEAD"], include_in_schema=False)
+
+    @app.get("/api/search", summary="Find moments in finished jobs by their captions", response_model=SearchResult,
              description="Korean-aware: inflected forms, spacing and small typos still match (see `kvcap search`).")
     async def search(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(10, ge=1, le=50)):
         hits = await run_in_threadpool(index.search, q, limit)
