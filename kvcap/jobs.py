@@ -301,7 +301,10 @@ class JobRunner:
                      duration=round(info.duration, 3), segments=segments, model=result.model,
                      **self._player_file(info))
         if self.on_done:
-            self.on_done(store.get(job_id))
+            try:
+                self.on_done(store.get(job_id))
+            except Exception:  # e.g. the search index: the job itself is done and stays so
+                log.exception("after job %s", job_id)
 
     @staticmethod
     def _player_file(info: VideoInfo) -> dict:

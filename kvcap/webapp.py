@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
+from . import __version__
 from . import search as caption_search
 from .errors import KvcapError
 from .jobs import OUTPUTS, Job, JobRunner, JobStore, QueueFull, check_upload
@@ -270,7 +271,7 @@ def create_app(settings: Settings, captioner) -> FastAPI:
             stop.set()
             runner.stop(timeout=1.0)
 
-    app = FastAPI(title="kvcap", version="0.1", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="kvcap", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="한국어 동영상 자막: 동영상을 올리면 장면마다 한국어 자막을 답니다. "
                               "Upload a video, follow its job, fetch SRT / WebVTT / JSON / captioned MP4.")
     app.state.store, app.state.runner, app.state.index = store, runner, index
