@@ -100,6 +100,12 @@ def test_upload_watch_and_seek(page, web, videos):
         page.click("#downloads a[data-kind=srt]")
     assert dl.value.suggested_filename == "multishot_4cuts.srt"
 
+    # the browser remembers its own uploads: a fresh visit lists it and opens it again
+    page.goto(web.url + "/")
+    page.click("#my-jobs a:has-text('multishot_4cuts.mp4')")
+    page.wait_for_selector("#segments li")
+    assert page.locator("#segments li .text").all_inner_texts() == texts
+
     # the page and everything it loaded came from the app itself
     assert page.requests and all(u.startswith(web.url) or u.startswith("data:") for u in page.requests), \
         [u for u in page.requests if not u.startswith(web.url)]
@@ -141,6 +147,13 @@ def test_errors_are_shown_in_korean(page, web, tmp_path):
     text.write_text("동영상이 아닌 글\n" * 100)
     page.set_input_files("#file", str(text))
     page.wait_for_function("document.querySelector('#error').textContent.includes('이 파일은 동영상이 아닙니다.')")
+
+    # a job that is gone (removed after its keeping time) says so and leaves "my videos"
+    gone = "Z" * 22
+    page.evaluate(f"localStorage.setItem('kvcap.jobs', JSON.stringify([{{id: '{gone}', name: 'old.mp4'}}]))")
+    page.goto(f"{web.url}/#job={gone}")
+    page.wait_for_function("document.querySelector('#error').textContent === '작업을 찾을 수 없습니다.'")
+    assert page.locator("#my-jobs a").count() == 0 and page.locator("#mine").is_hidden()
 
     big = tmp_path / "big.mp4"
     big.write_bytes(b"\0" * (5 << 20))  # over the server's 4 MB: refused in the page before uploading

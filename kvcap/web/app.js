@@ -70,6 +70,7 @@ function upload(file) {
   xhr.onload = () => {
     const body = xhr.response || {};
     if (xhr.status === 201) {
+      rememberJob(body.id, file.name);
       location.hash = `job=${body.id}`;  // hashchange starts following the job
     } else {
       show("progress", false);
@@ -100,6 +101,42 @@ drop.addEventListener("drop", (e) => {
   if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
 });
 
+// ---------------------------------------------------------------- this browser's jobs
+// Only ids this browser was given are listed (the server has no list of jobs to hand out).
+
+const MINE = "kvcap.jobs";
+
+function myJobs() {
+  try { return JSON.parse(localStorage.getItem(MINE)) || []; } catch (e) { return []; }
+}
+
+function rememberJob(id, name) {
+  const jobs = myJobs().filter((j) => j.id !== id);
+  jobs.unshift({ id, name });
+  localStorage.setItem(MINE, JSON.stringify(jobs.slice(0, 20)));
+  listMyJobs();
+}
+
+function forgetJob(id) {
+  localStorage.setItem(MINE, JSON.stringify(myJobs().filter((j) => j.id !== id)));
+  listMyJobs();
+}
+
+function listMyJobs() {
+  const list = $("my-jobs");
+  list.replaceChildren();
+  for (const job of myJobs()) {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = `#job=${job.id}`;
+    a.textContent = job.name;
+    if (location.hash === `#job=${job.id}`) a.setAttribute("aria-current", "page");
+    li.append(a);
+    list.append(li);
+  }
+  show("mine", list.children.length > 0);
+}
+
 // ---------------------------------------------------------------- following a job
 
 function follow(id, seekTo) {
@@ -115,7 +152,9 @@ function follow(id, seekTo) {
     }
     if (!response.ok) {
       show("progress", false);
+      show("result", false);
       setError(await errorMessage(response));
+      if (response.status === 404) forgetJob(id);  // removed after its keeping time
       return;
     }
     const job = await response.json();
@@ -253,7 +292,8 @@ function route() {
     follow(m[1], t);
   }
 }
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => { listMyJobs(); route(); });
+listMyJobs();
 
 fetch("/api/config").then((r) => r.json()).then((c) => {
   limit = { bytes: c.max_upload_bytes, text: c.max_upload };
