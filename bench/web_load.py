@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from kvcap.webapp import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENT, ROUNDS = 50, 5
@@ -53,46 +52,29 @@ def summary(times: list[float]) -> str:
 
 def main() -> None:
     video = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT.parent / "shared" / "videos" / "office_people_entering.mp4")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as data:
-        server = subprocess.Popen([sys.executable, "-m", "kvcap", "serve", "--port", str(port), "--data", data],
-                                  stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"{url}/api/config", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.3)
+    with tempfile.TemporaryDirectory() as data, LocalServer(Path(data)) as server:
+        def submit() -> str:
+            with open(video, "rb") as f:
+                return httpx.post(f"{server.url}/api/jobs", files={"file": (video.name, f)}, timeout=120).json()["id"]
 
-            def submit() -> str:
-                with open(video, "rb") as f:
-                    return httpx.post(f"{url}/api/jobs", files={"file": (video.name, f)}, timeout=120).json()["id"]
+        def status(job_id: str) -> dict:
+            return httpx.get(f"{server.url}/api/jobs/{job_id}").json()
 
-            def status(job_id: str) -> dict:
-                return httpx.get(f"{url}/api/jobs/{job_id}").json()
+        warm = submit()  # a finished job to ask about while idle (and the first run's warm-up)
+        while status(warm)["status"] not in ("done", "failed"):
+            time.sleep(0.2)
+        time.sleep(2.0)  # let the search index take in the finished job first
+        burst("127.0.0.1", server.port, warm)  # warm-up, not counted
+        idle = [t for _ in range(ROUNDS) for t in burst("127.0.0.1", server.port, warm)]
 
-            warm = submit()  # a finished job to ask about while idle (and the first run's warm-up)
-            while status(warm)["status"] not in ("done", "failed"):
-                time.sleep(0.2)
-            time.sleep(2.0)  # let the search index take in the finished job first
-            burst("127.0.0.1", port, warm)  # warm-up, not counted
-            idle = [t for _ in range(ROUNDS) for t in burst("127.0.0.1", port, warm)]
-
-            t0 = time.perf_counter()
-            job = submit()
-            busy: list[float] = []
-            while (st := status(job))["status"] not in ("done", "failed"):
-                if st["status"] == "running" and len(busy) < ROUNDS * CONCURRENT:
-                    busy += burst("127.0.0.1", port, job)
-                time.sleep(0.2)
-            took = time.perf_counter() - t0
-        finally:
-            server.terminate()
-            server.wait()
+        t0 = time.perf_counter()
+        job = submit()
+        busy: list[float] = []
+        while (st := status(job))["status"] not in ("done", "failed"):
+            if st["status"] == "running" and len(busy) < ROUNDS * CONCURRENT:
+                busy += burst("127.0.0.1", server.port, job)
+            time.sleep(0.2)
+        took = time.perf_counter() - t0
     print(f"{CONCURRENT} concurrent status requests x {ROUNDS} rounds ({video.name}):")
     print(f"  idle        {summary(idle)}")
     print(f"  job running {summary(busy)}   (p99 {sorted(busy)[int(0.99 * len(busy))] / sorted(idle)[int(0.99 * len(idle))]:.1f}x idle)")

@@ -458,3 +458,53 @@ def serve(settings: Settings, captioner, sock: socket.socket) -> None:
     shown = f"[{host}]" if ":" in host else host
     print(f"kvcap: http://{shown}:{port}/ 에서 열려 있습니다 (Ctrl+C로 끝내기); API 문서: /docs", flush=True)
     asyncio.run(server.serve(sockets=[sock]))
+
+
+class LocalServer:
+    """`kvcap serve` in a child process on a free loopback port, for scripts, benchmarks
+    and tests: `with LocalServer(data_dir) as server: ... server.url ...`."""
+
+    def __init__(self, data: Path, *args: str, log: Path | None = None, timeout: float = 120.0):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data = Path(data)
+        self.log = log
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "kvcap", "serve", "--port", str(self.port),
+                                      "--data", str(data), *args], stdout=out, stderr=out)
+        if log:
+            out.close()  # the child has its own copy
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kvcap serve exited with {self.proc.returncode}{self._log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/config", timeout=2).close()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"kvcap serve did not start in {timeout:.0f} s{self._log_tail()}")
+            time.sleep(0.3)
+
+    def _log_tail(self) -> str:
+        return f": {Path(self.log).read_text(errors='replace')[-3000:]}" if self.log else ""
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(30)
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -118,48 +118,11 @@ def synthetic_video(tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- web app
 
-class Server:
-    """`kvcap serve` running in its own process on a loopback port (a real uvicorn)."""
+def Server(data: Path, *args: str):
+    """`kvcap serve` on a free loopback port, its output logged beside its data folder."""
+    from kvcap.webapp import LocalServer
 
-    def __init__(self, data: Path, *args: str, timeout: float = 120.0):
-        import socket
-        import subprocess
-        import sys
-        import time
-
-        import httpx
-
-        self.data, self.args = data, args
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(data.parent / f"{data.name}-server.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kvcap", "serve", "--port", str(self.port),
-                                      "--data", str(data), *args], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kvcap serve exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/api/config", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"kvcap serve did not start in {timeout} s: {self.log_text()}")
-            time.sleep(0.3)
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
-            self.proc.wait(30)
-        self.log.close()
+    return LocalServer(data, *args, log=data.parent / f"{data.name}-server.log")
 
 
 def upload(url: str, path: Path, name: str | None = None):
