@@ -13,6 +13,7 @@ failed at the next start, and its partial files are removed; finished jobs keep 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import KvcapError
-from .outputs import atomic_path, srt_text, vtt_text
+from .outputs import TEXT_FORMATS, write_text_outputs
 from .video import VideoInfo, probe
 
 log = logging.getLogger("kvcap.jobs")
 
 # what a job can hand out, and the file behind each: nothing else in a job folder is served
-OUTPUTS = {"srt": "captions.srt", "vtt": "captions.vtt", "json": "captions.json", "mp4": "captioned.mp4"}
+OUTPUT_STEM = "captions"  # text outputs are named as `kvcap caption` names them, after this stem
+OUTPUTS = {**{fmt: f"{OUTPUT_STEM}.{fmt}" for fmt in TEXT_FORMATS}, "mp4": "captioned.mp4"}
 PREVIEW = "preview.mp4"  # a plain H.264 copy, made only when browsers cannot play the upload
 INPUT = "input"
 STAGES = ("queued", "decode", "shots", "captions", "render", "done")
@@ -166,15 +168,14 @@ class JobStore:
         """Live progress: memory only, so it costs nothing to report often."""
         self.update(job_id, persist=False, stage=stage, progress=max(0.0, min(1.0, progress)))
 
-    def output(self, job_id: str, kind: str) -> Path | None:
+    def output(self, job: Job, kind: str) -> Path | None:
         """The file behind one of a finished job's outputs (`OUTPUTS` or "video"), if it exists."""
-        job = self.get(job_id)
-        if job is None or job.status != "done":
+        if job.status != "done":
             return None
         name = job.video if kind == "video" else OUTPUTS.get(kind)
         if name is None:
             return None
-        path = self.folder(job_id) / name
+        path = self.folder(job.id) / name
         return path if path.is_file() else None
 
     def new_upload(self) -> Path:
@@ -286,19 +287,17 @@ class JobRunner:
         try:
             result = self.captioner.caption_video(folder / INPUT, self.spec, on_stage=on_stage)
             info = result.info
-            segments = [s.to_dict() for s in result.segments]
-            doc = {"input": store.get(job_id).name, "segments": segments, "model": result.model}
-            for kind, text in (("srt", srt_text(result.segments)), ("vtt", vtt_text(result.segments)),
-                               ("json", json.dumps(doc, ensure_ascii=False, indent=2) + "\n")):
-                with atomic_path(folder / OUTPUTS[kind], force=True) as tmp:
-                    tmp.write_text(text, encoding="utf-8")
+            # the JSON names the user's file, not the server's copy of it
+            shown = dataclasses.replace(result, path=Path(store.get(job_id).name))
+            write_text_outputs(shown, folder, TEXT_FORMATS, force=True, stem=OUTPUT_STEM)
             self._render(job_id, info, result.segments)
         except KvcapError as exc:
             store.update(job_id, status="failed", stage="failed", finished=time.time(), error=exc.message,
                          error_kind=exc.kind)
             return
         store.update(job_id, status="done", stage="done", progress=1.0, finished=time.time(),
-                     duration=round(info.duration, 3), segments=segments, model=result.model,
+                     duration=round(info.duration, 3), segments=[s.to_dict() for s in result.segments],
+                     model=result.model,
                      **self._player_file(info))
         if self.on_done:
             try:

@@ -393,9 +393,9 @@ def create_app(settings: Settings, captioner) -> FastAPI:
                         404: {"model": Problem, "description": "No such job, or not finished"}})
     async def get_output(kind: Literal["srt", "vtt", "json", "mp4", "video"], job_id: str = JobId,
                          download: bool = Query(False)):
-        path = store.output(job_id, kind)
         job = store.get(job_id)
-        if path is None or job is None:
+        path = store.output(job, kind) if job else None
+        if path is None:
             return problem(404, "not_found", "결과 파일이 없습니다.")
         media = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
                  "json": "application/json", "mp4": "video/mp4"}.get(kind, job.video_type or "video/mp4")
