@@ -118,7 +118,7 @@ def init_worker(model: str | None, threads: int) -> None:
 
 def run_task(task: Task, out_dir: str, captioner=None) -> Outcome:
     """Caption one input and write its outputs; every failure becomes a failed Outcome."""
-    from .captioner import CaptionedSegment, VideoCaptions
+    from .captioner import VideoCaptions
     from .inputs import is_image
     from .outputs import output_path, write_text_outputs
     from .render import render_gif, render_mp4
@@ -131,7 +131,7 @@ def run_task(task: Task, out_dir: str, captioner=None) -> Outcome:
         (out / task.stem).parent.mkdir(parents=True, exist_ok=True)
         if is_image(src):
             seg = cap.caption_image(src)
-            result = VideoCaptions(src, None, [CaptionedSegment(0.0, 0.0, seg.text, seg.score)], cap.name)
+            result = VideoCaptions(src, None, [seg], cap.name)
             formats = [f for f in task.formats if f == "json"]
         else:
             spec = SegmentSpec.parse(task.segments, task.max_segment, task.min_shot)

@@ -2,9 +2,10 @@
 
 One decoding pass drives every stage: each frame goes to the shot detector (small BGR),
 a few per second are kept as 224x224 keyframe candidates; as soon as a segment is final
-its keyframes are encoded and the candidates before it are dropped. Captions are then
-generated for all segments in batches, repaired, and consecutive segments that say the
-same thing are merged into one subtitle entry.
+its keyframes are encoded and the candidates before it are dropped. Windows of one
+unchanging shot are then grouped (stories.py) and each group is captioned once, in
+batches; low-confidence captions are said in the model's general style (confidence.py);
+consecutive segments that say the same thing are merged into one subtitle entry.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import korean, modelfile
+from . import confidence, korean, modelfile
 from .captions import Caption, generate
 from .features import Encoder, load_image
 from .frames import KeyframePool
 from .progress import progress_bar
 from .shots import Segment, SegmentSpec, ShotDetector, detect_size, segments_from_cuts
+from .stories import group_frames, group_windows
 from .video import VideoInfo, frames, probe
 
 
@@ -32,11 +34,15 @@ class CaptionedSegment:
     start: float
     end: float
     text: str
-    score: float
+    score: float  # the model's own: geometric mean of the caption's token probabilities
+    confidence: float | None = None  # calibrated: expected share of its nouns that are right
 
     def to_dict(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
-                "score": round(self.score, 4)}
+        d = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+             "score": round(self.score, 4)}
+        if self.confidence is not None:
+            d["confidence"] = round(self.confidence, 3)
+        return d
 
 
 @dataclass
@@ -57,10 +63,15 @@ def merge_repeats(segments: list[CaptionedSegment]) -> list[CaptionedSegment]:
     for s in segments:
         if out and _same(out[-1].text, s.text):
             prev = out[-1]
-            out[-1] = CaptionedSegment(prev.start, s.end, prev.text, max(prev.score, s.score))
+            out[-1] = CaptionedSegment(prev.start, s.end, prev.text, max(prev.score, s.score),
+                                       _max(prev.confidence, s.confidence))
         else:
-            out.append(CaptionedSegment(s.start, s.end, s.text, s.score))
+            out.append(CaptionedSegment(s.start, s.end, s.text, s.score, s.confidence))
     return out
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _same(a: str, b: str) -> bool:
@@ -82,6 +93,7 @@ class Captioner:
         self.beam = beam or int(decoding.get("beam", 3))
         self.length_penalty = float(decoding.get("length_penalty", 0.7))
         self.keyframes = keyframes
+        self.confidence = confidence.Calibration.from_meta(loaded.meta)
         self.threads = threads or os.cpu_count() or 1
         self.decode_threads = decode_threads  # 0: FFmpeg decides (best for one process alone)
         torch.set_num_threads(self.threads)
@@ -102,13 +114,17 @@ class Captioner:
 
     # ------------------------------------------------------------------ images
 
-    def caption_features(self, segments: list[np.ndarray]) -> list[Caption]:
-        return generate(self.model, self.vocab, segments, beam=self.beam, length_penalty=self.length_penalty)
+    def caption_features(self, segments: list[np.ndarray]) -> list[tuple[Caption, float | None]]:
+        """Captions with their calibrated confidence; unsure ones said in the general style."""
+        caps = generate(self.model, self.vocab, segments, beam=self.beam, length_penalty=self.length_penalty)
+        return self.confidence.say_less(caps, lambda idx, style: generate(
+            self.model, self.vocab, [segments[i] for i in idx], beam=self.beam,
+            length_penalty=self.length_penalty, style=style))
 
     def caption_image(self, image: str | Path | Image.Image) -> CaptionedSegment:
         feats = self.encoder.encode(load_image(image)[None])
-        cap = self.caption_features([feats])[0]
-        return CaptionedSegment(0.0, 0.0, cap.text, cap.score)
+        cap, conf = self.caption_features([feats])[0]
+        return CaptionedSegment(0.0, 0.0, cap.text, cap.score, conf)
 
     # ------------------------------------------------------------------ videos
 
@@ -123,9 +139,9 @@ class Captioner:
         cuts: list[float] = []
         closed = 0.0  # segments before this time are final and handed to the worker
         pending: list[np.ndarray] = []  # keyframes of closed segments, not yet handed over
-        # encoding and captioning run on a worker thread (ONNX Runtime and torch release the
-        # GIL), overlapping with decoding; each job is one batch of finished segments
-        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvcap-captions")
+        # encoding runs on a worker thread (ONNX Runtime releases the GIL), overlapping with
+        # decoding; each job is one batch of finished segments
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvcap-features")
         jobs: list[Future] = []
 
         def close_until(t: float, final: bool = False) -> None:
@@ -138,7 +154,7 @@ class Captioner:
                 closed = s.end
             pool.drop_before(closed)
             if pending and (final or sum(len(p) for p in pending) >= self.encoder.batch_size):
-                jobs.append(worker.submit(self._caption_keyframes, list(pending)))
+                jobs.append(worker.submit(self._encode_keyframes, list(pending)))
                 pending.clear()
 
         try:
@@ -163,26 +179,29 @@ class Captioner:
             if on_stage:
                 on_stage("shots", len(segments), len(segments))
 
-            caps: list[Caption] = []
-            with progress_bar("자막 생성 (captions)", total=len(segments), enabled=progress) as advance:
-                for job in jobs:
-                    done = job.result()
-                    caps.extend(done)
-                    advance(len(done))
-                    if on_stage:
-                        on_stage("captions", len(caps), len(segments))
+            feats = [f for job in jobs for f in job.result()]
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
-        raw = [CaptionedSegment(s.start, s.end, c.text, c.score) for s, c in zip(segments, caps)]
+        groups = group_windows(segments, feats)
+        caps: list[tuple[Caption, float | None]] = []
+        with progress_bar("자막 생성 (captions)", total=len(groups), enabled=progress) as advance:
+            for s in range(0, len(groups), 32):
+                chunk = groups[s : s + 32]
+                caps += self.caption_features([group_frames([feats[i] for i in g]) for g in chunk])
+                advance(len(chunk))
+                if on_stage:
+                    on_stage("captions", len(caps), len(groups))
+        raw = [CaptionedSegment(segments[i].start, segments[i].end, c.text, c.score, conf)
+               for g, (c, conf) in zip(groups, caps) for i in g]
         return VideoCaptions(Path(path), info, merge_repeats(raw), self.name, segments)
 
-    def _caption_keyframes(self, batch: list[np.ndarray]) -> list[Caption]:
+    def _encode_keyframes(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         feats = self.encoder.encode(np.concatenate(batch))
         per_segment, at = [], 0
         for frames_ in batch:
             per_segment.append(feats[at : at + len(frames_)])
             at += len(frames_)
-        return self.caption_features(per_segment)
+        return per_segment
 
 
 __all__ = ["Captioner", "CaptionedSegment", "VideoCaptions", "merge_repeats"]

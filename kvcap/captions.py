@@ -1,14 +1,14 @@
 """Features -> Korean sentences: pad segments, search, rebuild the text, repair it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import korean
-from .decoding import beam_search
+from .decoding import beam_search_nbest
 from .korean import Vocab
 from .models import CaptionModel
 
@@ -18,6 +18,7 @@ class Caption:
     text: str
     score: float
     tokens: list[str]
+    problems: list[str] = field(default_factory=list)  # korean.sentence_problems of the text kept
 
 
 def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,19 +35,44 @@ def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tenso
 
 def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
              length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
-             repair: bool = True) -> list[Caption]:
-    """One caption per segment; each segment is a (T, R, D) array of frame features."""
+             repair: bool = True, check: bool = True, style: str | None = None) -> list[Caption]:
+    """One caption per segment; each segment is a (T, R, D) array of frame features.
+
+    With `check`, the best beam hypothesis that `korean.sentence_problems` finds nothing
+    wrong with is kept (no subject, a living subject with a thing's verb); if every
+    hypothesis has a problem, the best one is kept with its problems listed. `style`
+    names a caption style of the model ("general": short and general), else the model
+    picks one per segment.
+    """
     out: list[Caption] = []
     banned = (vocab.pad_id, vocab.bos_id, vocab.unk_id)
     for s in range(0, len(feats), batch_size):
         x, mask = pad_segments(feats[s : s + batch_size])
-        hyps = beam_search(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
-                           beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
-                           no_repeat_ngram=no_repeat_ngram)
-        for h in hyps:
-            tokens = vocab.decode(h.ids)
-            text = korean.detokenize(tokens)
-            if repair:
-                text = korean.repair(text)
-            out.append(Caption(korean.finish_sentence(text), h.score, tokens))
+        styles = None
+        if style is not None:
+            styles = torch.full((x.size(0),), model.config.style_id(style), dtype=torch.long)
+        pools = beam_search_nbest(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
+                                  beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
+                                  no_repeat_ngram=no_repeat_ngram, style=styles)
+        for pool in pools:
+            out.append(_choose((_caption(h, vocab, repair, check) for h in pool)))
     return out
+
+
+def _caption(h, vocab: Vocab, repair: bool, check: bool) -> Caption:
+    tokens = vocab.decode(h.ids)
+    text = korean.detokenize(tokens)
+    if repair:
+        text = korean.repair(text)
+    text = korean.finish_sentence(text)
+    return Caption(text, h.score, tokens, korean.sentence_problems(text) if check and text else [])
+
+
+def _choose(candidates) -> Caption:
+    """The first candidate without problems (made lazily: most often the first), else the first."""
+    first = None
+    for c in candidates:
+        if not c.problems:
+            return c
+        first = first or c
+    return first

@@ -71,6 +71,10 @@ def caption(
     try:
         formats = parse_formats(format, gif)
         spec = SegmentSpec.parse(segments, max_segment=max_segment, min_shot=min_shot)
+        if beam is not None and beam < 1:
+            raise KvcapError(f"bad --beam {beam}: it must be 1 (greedy) or more")
+        if keyframes < 1:
+            raise KvcapError(f"bad --keyframes {keyframes}: at least 1 frame per segment")
         if any(f in ("mp4", "gif") for f in formats):
             check_font()
         if formats:
@@ -136,8 +140,9 @@ class _ImageResult:
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="Dataset: AI Hub JSON, a folder of KETI label files, or JSONL."),
-    format: str = typer.Option("aihub-coco", "--format", help="aihub-coco | aihub-multimodal | jsonl"),
+    data: List[Path] = typer.Argument(..., help="Datasets: AI Hub JSON, folders of KETI label files, JSONL, "
+                                      "or *.manifest.json files listing datasets of different formats."),
+    format: str = typer.Option("aihub-coco", "--format", help="aihub-coco | aihub-multimodal | jsonl (all DATA)"),
     out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder media paths are relative to (default: beside the JSON)."),
     arch: str = typer.Option("attend", "--arch", help="attend | show-tell"),
@@ -156,6 +161,10 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/kvcap)."),
     hidden_dim: int = typer.Option(512, "--hidden-dim"),
+    attributes: bool = typer.Option(True, "--attributes/--no-attributes",
+                                    help="Feed the encoder's ImageNet class scores to the decoder (attend)."),
+    styles: bool = typer.Option(True, "--styles/--no-styles",
+                                help="One caption style per dataset, chosen per picture (attend, 2+ datasets)."),
     embed_dim: int = typer.Option(256, "--embed-dim"),
     attn_dim: int = typer.Option(256, "--attn-dim"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -169,12 +178,12 @@ def train(
     if select not in ("cider", "loss"):
         fail("--select must be cider or loss")
         raise typer.Exit(2)
-    cfg = TrainConfig(data=str(data), format=format, root=str(root) if root else None, out=str(out), arch=arch,
+    cfg = TrainConfig(data=[str(d) for d in data], format=format, root=str(root) if root else None, out=str(out), arch=arch,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, select=select,
                       resume=resume, device=device, min_count=min_count, limit=limit, seed=seed,
                       cache=str(cache) if cache else None, quiet=quiet, hidden_dim=hidden_dim,
                       embed_dim=embed_dim, attn_dim=attn_dim, val_fraction=val_fraction,
-                      test_fraction=test_fraction)
+                      test_fraction=test_fraction, attributes=attributes, styles=styles)
     try:
         result = cross_validate(cfg, folds) if folds > 1 else fit(cfg)
     except KvcapError as exc:
@@ -186,7 +195,8 @@ def train(
 
 @app.command()
 def evaluate(
-    data: Path = typer.Argument(..., help="Dataset the model was trained on (or another in the same format)."),
+    data: List[Path] = typer.Argument(..., help="Datasets the model was trained on (or others in the same "
+                                      "format), or a *.manifest.json; each is scored on its own."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
     format: str = typer.Option("aihub-coco", "--format"),
     root: Optional[Path] = typer.Option(None, "--root"),
@@ -195,18 +205,41 @@ def evaluate(
     baselines: bool = typer.Option(False, "--baselines", help="Also score nearest-neighbour and constant-caption baselines."),
     as_json: bool = typer.Option(False, "--json"),
     examples: int = typer.Option(0, "--examples", help="Print this many generated/reference caption pairs."),
+    style: Optional[str] = typer.Option(None, "--style", help="Caption style of a model with styles "
+                                        "(a dataset's name, or general); default: the model picks."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Score a model: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D on Kiwi morphemes, and distinct captions."""
+    """Score a model per dataset: BLEU, METEOR, ROUGE-L, CIDEr-D, distinct captions, and grounding
+    (noun precision / recall / hit against the references)."""
     from .evaluate import evaluate_model, format_table
 
     try:
         report = evaluate_model(model, data, format, root, split=split, beam=beam, baselines=baselines,
-                                progress=not quiet, n_examples=examples)
+                                progress=not quiet, n_examples=examples, style=style)
     except KvcapError as exc:
         fail(str(exc))
         raise typer.Exit(2)
     print(json.dumps(report, ensure_ascii=False, indent=2) if as_json else format_table(report))
+
+
+@app.command()
+def calibrate(
+    data: List[Path] = typer.Argument(..., help="The datasets the model was trained on (or a *.manifest.json)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder to calibrate (its config.json is updated)."),
+    format: str = typer.Option("aihub-coco", "--format"),
+    root: Optional[Path] = typer.Option(None, "--root"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fit a model's calibrated confidence and say-less threshold on its validation split
+    (`kvcap train` does this itself; use it for a model trained before)."""
+    from .evaluate import calibrate_model
+
+    try:
+        meta = calibrate_model(model, data, format, root, progress=not quiet)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    print(json.dumps(meta, ensure_ascii=False))
 
 
 @app.command()
@@ -232,6 +265,8 @@ def batch(
     try:
         formats = parse_formats(format, False)
         SegmentSpec.parse(segments, max_segment, min_shot)
+        if workers is not None and workers < 1:
+            raise KvcapError(f"bad --workers {workers}: at least 1")
         items = list(inputs or []) + (read_list(from_file) if from_file else [])
         if not items:
             raise KvcapError("no inputs (give files, folders or globs, or --from-file)")

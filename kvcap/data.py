@@ -11,6 +11,10 @@ Formats
   images, frames of one shot, or a video.
 
 A bad record is reported with its id and skipped; it never stops a run.
+
+Several datasets train one model (`kvcap train a.json b.json`, or a manifest listing
+them, see `read_manifest`): each `Example` keeps the name of the dataset it came from
+(`source`), splits are carved per dataset, and scores are reported per dataset.
 """
 from __future__ import annotations
 
@@ -30,6 +34,72 @@ class Example:
     id: str
     media: list[Path]  # one image, the frames of one shot, or one video
     captions: list[str] = field(default_factory=list)
+    source: str = ""  # the dataset's name (DatasetSpec.name)
+    general_first: bool = False  # captions[0] is a short, general description (koscenes)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a training run: where it is, its layout, and how it is named in scores."""
+    path: str
+    format: str = "aihub-coco"
+    root: str | None = None
+    name: str = ""  # default: the folder holding the file ('koflickr', 'koscenes')
+    general_first: bool = False  # each record's first caption is a short, general one
+
+    def __post_init__(self):
+        if not self.name:
+            p = Path(self.path)
+            self.name = (p.parent.name if p.is_file() or p.suffix else p.name) or p.stem
+
+
+def read_manifest(path: str | Path) -> list[DatasetSpec]:
+    """A JSON manifest: ``{"datasets": [{"path", "format"?, "root"?, "name"?, "general_first"?}]}``.
+
+    Relative paths are taken from the manifest's folder.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    items = data.get("datasets") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise KvcapError('expected {"datasets": [{"path": ..., "format": ...}, ...]}', path)
+    known = {"path", "format", "root", "name", "general_first"}
+    specs = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or set(item) - known:
+            raise KvcapError(f"dataset #{n + 1}: needs \"path\" and only {sorted(known)}", path)
+        fmt = item.get("format", "aihub-coco")
+        if fmt not in FORMATS:
+            raise KvcapError(f"dataset #{n + 1}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}", path)
+        rel = lambda v: str(path.parent / v) if v and not Path(v).is_absolute() else v  # noqa: E731
+        specs.append(DatasetSpec(rel(item["path"]), fmt, rel(item.get("root")), str(item.get("name", "")),
+                                 bool(item.get("general_first", False))))
+    return specs
+
+
+def dataset_specs(paths: list[str], fmt: str = "aihub-coco", root: str | None = None) -> list[DatasetSpec]:
+    """What `kvcap train DATA...` was given: manifest files (*.manifest.json) or datasets of one format."""
+    specs: list[DatasetSpec] = []
+    for p in paths:
+        if str(p).endswith(".manifest.json"):
+            specs.extend(read_manifest(p))
+        else:
+            specs.append(DatasetSpec(str(p), fmt, root))
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise KvcapError(f"two datasets are named {dup[0]!r}: give them names in a manifest")
+    return specs
+
+
+def load_specs(specs: list[DatasetSpec], report: Report | None = None) -> list[Example]:
+    """Every dataset's examples, each tagged with its dataset's name."""
+    out: list[Example] = []
+    for spec in specs:
+        for ex in load(spec.path, spec.format, spec.root, report):
+            ex.source, ex.general_first = spec.name, spec.general_first
+            out.append(ex)
+    return out
 
 
 Report = Callable[[str], None]
@@ -143,6 +213,17 @@ def _jsonl(path: Path, root: Path, report: Report) -> Iterator[Example]:
             report(f"line {n}: needs \"media\" (path or list of paths) and \"captions\" (list of text)")
             continue
         yield Example(str(rec.get("id", n)), [root / m for m in media], caps)
+
+
+def split_per_source(examples: list[Example], val: float = 0.05, test: float = 0.05, seed: int = 0):
+    """`split` inside each dataset, so every dataset has its own validation and test part."""
+    train, valid, tests = [], [], []
+    for name in dict.fromkeys(e.source for e in examples):
+        a, b, c = split([e for e in examples if e.source == name], val, test, seed)
+        train += a
+        valid += b
+        tests += c
+    return train, valid, tests
 
 
 def split(examples: list[Example], val: float = 0.05, test: float = 0.05, seed: int = 0):

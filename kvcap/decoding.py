@@ -39,8 +39,13 @@ def _banned(ids: list[int], n: int) -> list[int]:
     return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
 
+def beam_search(model: CaptionModel, feats: torch.Tensor, frame_mask: torch.Tensor, **kw) -> list[Hypothesis]:
+    """Best hypothesis for each of the B segments in `feats` (B, T, R, D)."""
+    return [pool[0] for pool in beam_search_nbest(model, feats, frame_mask, **kw)]
+
+
 @torch.inference_mode()
-def beam_search(
+def beam_search_nbest(
     model: CaptionModel,
     feats: torch.Tensor,
     frame_mask: torch.Tensor,
@@ -52,12 +57,17 @@ def beam_search(
     max_len: int = 30,
     length_penalty: float = 0.7,
     no_repeat_ngram: int = 4,
-) -> list[Hypothesis]:
-    """Best hypothesis for each of the B segments in `feats` (B, T, R, D)."""
+    style: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """Every finished hypothesis of each of the B segments, best first (at least one each).
+
+    `style` (B,) picks the caption style of models that have styles (None: the model's own
+    choice per segment).
+    """
     model.eval()
     b = feats.size(0)
     k = max(1, beam)
-    memory, state = model.prepare(feats, frame_mask)
+    memory, state = model.prepare(feats, frame_mask, style)
     expand = torch.arange(b).repeat_interleave(k)
     memory, state = model.select(memory, expand), model.select(state, expand)
 
@@ -121,7 +131,7 @@ def beam_search(
                 beam_logp[i] = float("-inf")
         beam_ids = next_ids
 
-    best: list[Hypothesis] = []
+    best: list[list[Hypothesis]] = []
     for i in range(b):
         pool = list(finished[i])
         if not pool:  # hit max_len without <eos>: take the live beams as they are
@@ -130,5 +140,6 @@ def beam_search(
                 if lp > float("-inf"):
                     ids = beam_ids[i * k + j]
                     pool.append(Hypothesis(ids, lp, lp / _length_penalty(len(ids), length_penalty)))
-        best.append(max(pool, key=lambda h: h.rank) if pool else Hypothesis([], float("-inf"), float("-inf")))
+        pool.sort(key=lambda h: -h.rank)
+        best.append(pool or [Hypothesis([], float("-inf"), float("-inf"))])
     return best

@@ -72,6 +72,16 @@ def _build_torch_model():
     return model.to(memory_format=torch.channels_last)
 
 
+def classifier_head() -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's ImageNet-1k classifier (weight (1000, 1280), bias (1000,)).
+
+    It reads the trunk's average-pooled grid, so class scores come from cached features
+    for free; `attend` models with attributes store a copy and need nothing at run time.
+    """
+    fc = _build_torch_model()._fc
+    return fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+
+
 def _trunk():
     """The convolutional trunk as a module returning (N, 1280, 7, 7)."""
     import torch

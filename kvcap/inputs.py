@@ -16,7 +16,9 @@ def expand_inputs(items: Iterable[str]) -> list[Path]:
     out: list[Path] = []
     for item in items:
         item = str(item)
-        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        # an existing path is taken as it is: 'clip[1].mp4' is a file's name, not a pattern
+        literal = Path(item).exists() or not glob.has_magic(item)
+        matches = [item] if literal else sorted(glob.glob(item, recursive=True))
         if not matches:
             out.append(Path(item))  # reported as missing later
         for m in matches:

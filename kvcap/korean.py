@@ -113,6 +113,30 @@ def _lemmas_of(tokens) -> list[str]:
     return out
 
 
+# nouns that place or frame a thing rather than name one: '위', '앞', '배경' are true of any picture
+RELATIONAL_NOUNS = {
+    "위", "아래", "앞", "뒤", "옆", "안", "속", "밖", "가운데", "한가운데", "사이", "근처", "주변", "주위", "쪽", "곳",
+    "중", "모습", "사진", "장면", "배경", "바탕", "한쪽", "맞은편", "건너편", "너머", "가장자리", "부분", "정면", "모양",
+    "위쪽", "아래쪽", "앞쪽", "뒤쪽", "안쪽", "바깥", "바깥쪽", "하나", "무언가", "뭔가", "화면", "카메라", "이쪽",
+}
+# surface variants of one thing, counted as one noun when grounding is scored
+NOUN_SYNONYMS = {
+    "남성": "남자", "여성": "여자", "사내": "남자", "아이": "어린이", "꼬마": "어린이", "애": "어린이", "아기": "어린이",
+    "강아지": "개", "자동차": "차", "승용차": "차", "차량": "차", "자전거": "자전거", "휴대폰": "전화기",
+    "스마트폰": "전화기", "핸드폰": "전화기", "건물": "건물", "빌딩": "건물", "바닷가": "해변", "사람들": "사람",
+}
+
+
+def nouns_many(texts: Sequence[str]) -> list[set[str]]:
+    """The things each sentence names: Kiwi's common and proper nouns (NNG, NNP), variants
+    folded (NOUN_SYNONYMS), relational nouns ('위', '옆', '배경') left out."""
+    out = []
+    for toks in kiwi().tokenize([normalize(t) for t in texts]):
+        names = {NOUN_SYNONYMS.get(t.form, t.form) for t in toks if t.tag in ("NNG", "NNP")}
+        out.append({n for n in names if n not in RELATIONAL_NOUNS})
+    return out
+
+
 # ----------------------------------------------------------------------------- vocabulary
 
 
@@ -218,6 +242,43 @@ def repair(text: str) -> str:
             out.append(" ")
         out.append(replace.get(i, ch))
     return normalize("".join(out))
+
+
+# subjects that are alive, and predicates only things take ('…이 놓여 있다', '…이 주차되어 있다'):
+# mixing Flickr8k's people with koscenes' object scenes makes '남자가 탁자 위에 놓여 있다'
+ANIMATE = {
+    "남자", "여자", "사람", "소년", "소녀", "아이", "어린이", "아기", "남성", "여성", "노인", "할머니", "할아버지",
+    "학생", "선수", "개", "강아지", "고양이", "새", "말", "소", "양", "원숭이", "곰", "사자", "호랑이", "코끼리",
+    "기린", "얼룩말", "오리", "닭", "앵무새", "엄마", "아빠", "가족", "커플", "군인", "경찰", "요리사", "남녀",
+}
+THING_VERBS = {"놓이", "쌓이", "꽂히", "담기", "진열", "주차", "전시", "펼쳐지", "세워지"}
+
+
+def sentence_problems(text: str) -> list[str]:
+    """What is wrong with a generated sentence as a description, by Kiwi's analysis.
+
+    - "no subject": nothing marked as subject ('흰 바탕 위에 앉아 있다.');
+    - "thing verb with a living subject": '남자가 … 놓여 있다', '강아지가 … 주차되어 있다'.
+    An empty list means none was found. Used to pass over such beam hypotheses.
+    """
+    toks = kiwi().tokenize(normalize(text))
+    problems = []
+    subjects = []
+    for i, t in enumerate(toks):
+        if t.tag == "JKS" or (t.tag == "JX" and t.form in ("은", "는")):
+            j = i - 1
+            while j >= 0 and toks[j].tag in ("XSN",):  # '사람들이'
+                j -= 1
+            if j >= 0 and toks[j].tag.startswith(("NN", "NP")):
+                subjects.append(toks[j].form)
+    if not subjects:
+        problems.append("no subject")
+    # the main predicate is the last verb ('서 있다' in '물건이 놓인 탁자 옆에 남자가 서 있다')
+    verbs = [t.form for i, t in enumerate(toks) if t.tag.startswith("VV")
+             or (t.tag == "NNG" and i + 1 < len(toks) and toks[i + 1].tag == "XSV")]
+    if subjects and verbs and subjects[-1] in ANIMATE and verbs[-1] in THING_VERBS:
+        problems.append("thing verb with a living subject")
+    return problems
 
 
 def finish_sentence(text: str) -> str:

@@ -13,6 +13,19 @@ pycocoevalcap's scorers take; BLEU and CIDEr-D agree with those scorers to 1e-6.
   (Lavie & Agarwal 2007); fragmentation from the fewest-chunks greedy alignment.
 - distinct: share of distinct captions; a model that says one sentence everywhere
   scores near 0 here and poorly on CIDEr-D.
+
+Grounding (`grounding`, CHAIR-style, Rohrbach et al. 2018, on Kiwi nouns rather than
+COCO's 80 object words): does a caption name things that are in the picture?
+- noun_precision: of the nouns the captions name, the share that some reference of the
+  same item names (1 - the hallucination rate, counted per noun over the whole set);
+- noun_recall: of the nouns at least two references of an item agree on, the share the
+  caption names;
+- noun_hit: the share of items whose caption names at least one such agreed noun.
+Nouns are sets per sentence (`korean.nouns_many`: NNG/NNP, a few variants folded,
+relational nouns such as '위', '옆', '배경' left out). Items whose caption names no noun add
+nothing to precision; items with no agreed noun add nothing to recall or hit.
+`human_grounding` scores each reference against the other references of its item, the
+agreement people reach.
 """
 from __future__ import annotations
 
@@ -172,6 +185,51 @@ def meteor(hyps: Hyps, refs: Refs, alpha: float = 0.9, beta: float = 3.0, gamma:
 
 def distinct(texts: Sequence[str]) -> float:
     return len(set(texts)) / len(texts) if texts else 0.0
+
+
+def grounding(hyp_texts: Mapping[object, str], ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
+    """noun_precision, noun_recall and noun_hit (see the module's docstring)."""
+    from .korean import nouns_many
+
+    keys = list(hyp_texts)
+    hyp = dict(zip(keys, nouns_many([hyp_texts[k] for k in keys])))
+    flat = iter(nouns_many([r for k in keys for r in ref_texts[k]]))
+    refs = {k: [next(flat) for _ in ref_texts[k]] for k in keys}
+    return _grounding(hyp, refs)
+
+
+def _grounding(hyp: Mapping[object, set], refs: Mapping[object, Sequence[set]]) -> dict[str, float]:
+    named = right = agreed = recalled = hit = with_agreed = 0
+    for k, nouns in hyp.items():
+        union = set().union(*refs[k]) if refs[k] else set()
+        counts = Counter(n for r in refs[k] for n in r)
+        need = min(2, len(refs[k]))
+        agree = {n for n, c in counts.items() if c >= need}
+        named += len(nouns)
+        right += len(nouns & union)
+        if agree:
+            with_agreed += 1
+            agreed += len(agree)
+            recalled += len(nouns & agree)
+            hit += bool(nouns & agree)
+    return {"noun_precision": right / named if named else 0.0,
+            "noun_recall": recalled / agreed if agreed else 0.0,
+            "noun_hit": hit / with_agreed if with_agreed else 0.0}
+
+
+def human_grounding(ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
+    """Each reference held against the others of its item (items with 3+ references)."""
+    from .korean import nouns_many
+
+    keys = [k for k in ref_texts if len(ref_texts[k]) >= 3]
+    flat = iter(nouns_many([r for k in keys for r in ref_texts[k]]))
+    nouns = {k: [next(flat) for _ in ref_texts[k]] for k in keys}
+    hyp, refs = {}, {}
+    for k in keys:
+        for j, own in enumerate(nouns[k]):
+            hyp[(k, j)] = own
+            refs[(k, j)] = nouns[k][:j] + nouns[k][j + 1 :]
+    return _grounding(hyp, refs)
 
 
 def evaluate(hyp_texts: Mapping[object, str], ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:

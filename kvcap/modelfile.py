@@ -19,7 +19,7 @@ from .errors import KvcapError
 from .korean import Vocab
 from .models import CaptionModel, ModelConfig, build
 
-DEFAULT_MODEL = "koflickr-attend"
+DEFAULT_MODEL = "koflickr-koscenes-attend"
 FILES = ("config.json", "model.safetensors", "vocab.json")
 
 
@@ -54,6 +54,15 @@ def save(folder: str | Path, model: CaptionModel, vocab: Vocab, meta: dict | Non
     text = json.dumps(config, ensure_ascii=False, indent=2)
     _atomic(folder / "config.json", lambda p: p.write_text(text, encoding="utf-8"))
     return folder
+
+
+def update_meta(folder: str | Path, entries: dict) -> None:
+    """Set top-level entries of a model's config.json (atomically); the weights are untouched."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(entries)
+    text = json.dumps(config, ensure_ascii=False, indent=2)
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _atomic(path: Path, write) -> None:

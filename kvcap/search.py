@@ -161,14 +161,14 @@ def _distance(a: str, b: str, limit: int) -> int:
     return prev[-1]
 
 
-def _closest_term(con: sqlite3.Connection, term: str) -> str | None:
-    """`term` if indexed, else the indexed term within 1-2 jamo edits (the most frequent)."""
+def _closest_term(con: sqlite3.Connection, term: str, most: int = 2) -> str | None:
+    """`term` if indexed, else the indexed term within 1-2 (at `most`) jamo edits (the most frequent)."""
     if con.execute("SELECT 1 FROM terms WHERE term = ?", (term,)).fetchone():
         return term
     target = jamo(term)
     if len(target) < 3:
         return None
-    limit = 1 if len(target) <= 6 else 2
+    limit = min(most, 1 if len(target) <= 6 else 2)
     best, best_key = None, (limit + 1, 0)
     for cand, cand_jamo, n in con.execute("SELECT term, jamo, n FROM terms"):
         d = _distance(target, cand_jamo, limit)
@@ -188,8 +188,9 @@ def query_terms(con: sqlite3.Connection, query: str) -> list[str]:
             continue
         # a word with unknown parts may be a typo of an indexed word ('고양리' for '고양이'):
         # try it whole and without a final particle before its pieces
-        for cand in (word, word[:-1], *lemmas):
-            t = _closest_term(con, cand) if cand else None
+        # a piece of a split compound gets one edit at most: '정거장' of '우주정거장' is no typo of '정장'
+        for k, cand in enumerate((word, word[:-1], *lemmas)):
+            t = _closest_term(con, cand, 2 if k < 2 or len(lemmas) == 1 else 1) if cand else None
             if t:
                 out.append(t)
                 break

@@ -25,6 +25,7 @@ DETECT_WIDTH = 128  # content scores barely change below PySceneDetect's 256; th
 class Segment:
     start: float
     end: float
+    shot: int = 0  # which shot it is a window of (fixed windows: all one "shot")
 
     @property
     def duration(self) -> float:
@@ -43,6 +44,10 @@ class SegmentSpec:
     def parse(cls, text: str, max_segment: float = 8.0, min_shot: float = 2.0,
               threshold: float | None = None) -> "SegmentSpec":
         text = text.strip().lower()
+        if not max_segment > 0:  # also catches NaN; 0 would cut windows of no length forever
+            raise KvcapError(f"bad --max-segment {max_segment}: it must be more than 0 seconds")
+        if not min_shot >= 0:
+            raise KvcapError(f"bad --min-shot {min_shot}: it must be 0 seconds or more")
         if text.startswith("fixed:"):
             try:
                 n = float(text.split(":", 1)[1])
@@ -103,7 +108,7 @@ def _thr(name: str, value: float | None) -> dict:
     return {} if value is None else {name: value}
 
 
-def windows(start: float, end: float, max_len: float) -> list[Segment]:
+def windows(start: float, end: float, max_len: float, shot: int = 0) -> list[Segment]:
     """Split a shot [start, end) into windows of at most `max_len` seconds.
 
     Windows of exactly `max_len` from the start while more than 1.5x `max_len` remains,
@@ -114,14 +119,14 @@ def windows(start: float, end: float, max_len: float) -> list[Segment]:
     out: list[Segment] = []
     a = start
     while end - a > 1.5 * max_len + 1e-9:
-        out.append(Segment(a, a + max_len))
+        out.append(Segment(a, a + max_len, shot))
         a += max_len
     rest = end - a
     if rest <= 1e-9:
         return out
     if rest <= max_len + 1e-9:
-        return out + [Segment(a, end)]
-    return out + [Segment(a, a + rest / 2), Segment(a + rest / 2, end)]
+        return out + [Segment(a, end, shot)]
+    return out + [Segment(a, a + rest / 2, shot), Segment(a + rest / 2, end, shot)]
 
 
 def segments_from_cuts(cuts: list[float], end: float, spec: SegmentSpec, final: bool = True) -> list[Segment]:
@@ -142,10 +147,10 @@ def segments_from_cuts(cuts: list[float], end: float, spec: SegmentSpec, final: 
     inner = sorted(c for c in cuts if 0.0 < c < end)
     bounds = [0.0] + inner + [end]
     out = []
-    for a, b in zip(bounds, bounds[1:]):
+    for shot, (a, b) in enumerate(zip(bounds, bounds[1:])):
         if final or b < end:
-            out.extend(windows(a, b, spec.max_segment))
+            out.extend(windows(a, b, spec.max_segment, shot))
         else:  # the open shot: windows that a longer shot would keep unchanged
-            out.extend(w for w in windows(a, b, spec.max_segment)
+            out.extend(w for w in windows(a, b, spec.max_segment, shot)
                        if b - w.start > 1.5 * spec.max_segment + 1e-9)
     return out

@@ -8,6 +8,9 @@
 - A checkpoint (safetensors + JSON) is written after every epoch; `resume` continues
   from it. Each epoch's shuffling and dropout are seeded by (seed, epoch), so a resumed
   run ends with the same weights as an uninterrupted one.
+- Several datasets train one model: splits are carved per dataset, and the validation
+  scores (CIDEr-D, noun precision) are logged per dataset; the kept model is the one with
+  the best mean over datasets, so the larger dataset cannot hide a worse smaller one.
 - Under `torchrun --nproc-per-node N`, each process takes every N-th batch and
   DistributedDataParallel averages gradients (gloo on CPU, NCCL on GPUs).
 """
@@ -40,7 +43,7 @@ from .progress import note, progress_bar
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]  # one dataset, several (same --format), or *.manifest.json files
     format: str = "aihub-coco"
     root: str | None = None
     out: str = "runs/model"
@@ -68,6 +71,9 @@ class TrainConfig:
     attn_dim: int = 256
     dropout: float = 0.5
     max_len: int = 32
+    attributes: bool = True  # ImageNet class scores as a second input (attend only)
+    styles: bool = True  # one caption style per dataset, predicted at inference (attend only)
+    source_weight: float = 0.2  # weight of the which-dataset loss that trains the style head
     video_frames: int = 8  # frames sampled from a video example
     quiet: bool = False
     stop_after: int | None = None  # end the process after this epoch (as if killed; for tests)
@@ -78,12 +84,25 @@ class Prepared:
     """Everything an epoch needs, built once: tokenised captions, features, vocabulary."""
     vocab: Vocab
     feats: list[torch.Tensor]  # per example (T, R, D) float16
-    pairs: list[tuple[int, list[int]]]  # (example index, caption ids) of the training split
+    pairs: list[tuple[int, list[int], int]]  # (example index, caption ids, style) of the training split
     val: list[int]
     test: list[int]
     examples: list[datasets.Example]
     refs: dict[int, list[str]] = field(default_factory=dict)
     tokens: list[list[list[str]]] = field(default_factory=list)  # per example, per caption
+    sources: list[str] = field(default_factory=list)  # dataset names, in order
+    general: bool = False  # some dataset marks short, general first captions
+
+    def source_of(self, i: int) -> int:
+        return self.sources.index(self.examples[i].source)
+
+    def style_of(self, i: int, caption: int) -> int:
+        """The style a training caption teaches: its dataset's, or "general" (the last)."""
+        ex = self.examples[i]
+        return len(self.sources) if ex.general_first and caption == 0 else self.source_of(i)
+
+    def by_source(self, indices: list[int]) -> dict[str, list[int]]:
+        return {name: [i for i in indices if self.examples[i].source == name] for name in self.sources}
 
 
 # ----------------------------------------------------------------------------- setup
@@ -152,20 +171,29 @@ def _video_features(path: Path, n: int, cache: FeatureCache) -> np.ndarray:
     return feats
 
 
+def specs_of(cfg: TrainConfig) -> list[datasets.DatasetSpec]:
+    paths = [cfg.data] if isinstance(cfg.data, (str, Path)) else list(cfg.data)
+    return datasets.dataset_specs([str(p) for p in paths], cfg.format, cfg.root)
+
+
 def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
     """Load, featurise, split and tokenise the data; build the vocabulary from the train split."""
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
     skipped: list[str] = []
-    examples = datasets.load(cfg.data, cfg.format, cfg.root, report=skipped.append)
-    if cfg.limit:
-        examples = sorted(examples, key=lambda e: e.id)[: cfg.limit]
+    specs = specs_of(cfg)
+    examples = []
+    for spec in specs:
+        part = datasets.load_specs([spec], report=skipped.append)
+        if cfg.limit:  # per dataset, so a quick run still sees every dataset
+            part = sorted(part, key=lambda e: e.id)[: cfg.limit]
+        examples += part
     feats, kept = example_features(examples, cfg, skipped.append)
     examples = [examples[i] for i in kept]
     for msg in skipped[:20]:
         say(f"skipped {msg}")
     if len(skipped) > 20:
         say(f"... and {len(skipped) - 20} more skipped records")
-    train_ex, val_ex, test_ex = datasets.split(examples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    train_ex, val_ex, test_ex = datasets.split_per_source(examples, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     if not train_ex or not val_ex:
         raise KvcapError(f"too few usable examples ({len(examples)}) for a train/validation split", cfg.data)
     index = {id(e): i for i, e in enumerate(examples)}
@@ -173,9 +201,13 @@ def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
     it = iter(korean.tokenize_many(flat))
     tokens = [[next(it) for _ in e.captions] for e in examples]
     prep = with_split(Prepared(Vocab([]), [torch.from_numpy(np.asarray(f, np.float16)) for f in feats], [], [], [],
-                               examples, {i: e.captions for i, e in enumerate(examples)}, tokens),
+                               examples, {i: e.captions for i, e in enumerate(examples)}, tokens,
+                               [s.name for s in specs if any(e.source == s.name for e in examples)],
+                               any(s.general_first for s in specs)),
                       [index[id(e)] for e in train_ex], [index[id(e)] for e in val_ex],
                       [index[id(e)] for e in test_ex], cfg)
+    for name, idx in prep.by_source(list(range(len(examples)))).items():
+        say(f"data {name}: {len(idx)} examples")
     say(f"data: {len(train_ex)} train / {len(val_ex)} validation / {len(test_ex)} test examples, "
         f"{len(prep.pairs)} training captions, vocabulary {len(prep.vocab)}")
     return prep
@@ -184,35 +216,47 @@ def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
 def with_split(prep: Prepared, train: list[int], val: list[int], test: list[int], cfg: TrainConfig) -> Prepared:
     """The same data with another split: vocabulary and training pairs from `train` only."""
     vocab = Vocab.build([t for i in train for t in prep.tokens[i]], cfg.min_count)
-    pairs = [(i, vocab.encode(t)[: cfg.max_len - 1]) for i in train for t in prep.tokens[i]]
-    return Prepared(vocab, prep.feats, pairs, list(val), list(test), prep.examples, prep.refs, prep.tokens)
+    pairs = [(i, vocab.encode(t)[: cfg.max_len - 1], prep.style_of(i, j))
+             for i in train for j, t in enumerate(prep.tokens[i])]
+    return Prepared(vocab, prep.feats, pairs, list(val), list(test), prep.examples, prep.refs, prep.tokens,
+                    prep.sources, prep.general)
 
 
 # ----------------------------------------------------------------------------- batches
 
 
-def make_batch(prep: Prepared, items: list[tuple[int, list[int]]], device: torch.device):
-    feats, mask = pad_segments([prep.feats[i].numpy() for i, _ in items])
-    length = max(len(ids) for _, ids in items) + 1
+def make_batch(prep: Prepared, items: list[tuple[int, list[int], int]], device: torch.device):
+    feats, mask = pad_segments([prep.feats[i].numpy() for i, _, _ in items])
+    length = max(len(ids) for _, ids, _ in items) + 1
     tokens_in = torch.zeros(len(items), length, dtype=torch.long)
     target = torch.zeros(len(items), length, dtype=torch.long)
-    for row, (_, ids) in enumerate(items):
+    for row, (_, ids, _) in enumerate(items):
         tokens_in[row, : len(ids) + 1] = torch.tensor([prep.vocab.bos_id] + ids)
         target[row, : len(ids) + 1] = torch.tensor(ids + [prep.vocab.eos_id])
-    return feats.to(device), mask.to(device), tokens_in.to(device), target.to(device)
+    style = torch.tensor([s for _, _, s in items])
+    source = torch.tensor([prep.source_of(i) for i, _, _ in items])
+    return (feats.to(device), mask.to(device), tokens_in.to(device), target.to(device), style.to(device),
+            source.to(device))
 
 
-def loss_fn(model, batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    feats, mask, tokens_in, target = batch
-    logits = model(feats, mask, tokens_in)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=0,
+def loss_fn(model, batch, label_smoothing: float = 0.0, source_weight: float = 0.0) -> torch.Tensor:
+    """Caption cross-entropy; with styles, plus the loss of predicting each picture's dataset."""
+    feats, mask, tokens_in, target, style, source = batch
+    core = getattr(model, "module", model)  # under DDP
+    styled = bool(core.config.n_styles)
+    logits, memory = model(feats, mask, tokens_in, style if styled else None, return_memory=True)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=0,
                            label_smoothing=label_smoothing)
+    if styled and source_weight:
+        loss = loss + source_weight * F.cross_entropy(core.source_logits(memory[4]), source)
+    return loss
 
 
 @torch.no_grad()
 def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> float:
     model.eval()
-    items = [(i, prep.vocab.encode(t)[: model.config.max_len - 1]) for i in prep.val for t in prep.tokens[i]]
+    items = [(i, prep.vocab.encode(t)[: model.config.max_len - 1], prep.style_of(i, j))
+             for i in prep.val for j, t in enumerate(prep.tokens[i])]
     total, count = 0.0, 0
     for s in range(0, len(items), batch_size):
         chunk = items[s : s + batch_size]
@@ -224,7 +268,15 @@ def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> flo
 def score_split(model, prep: Prepared, indices: list[int], beam: int = 1) -> tuple[dict, list[str]]:
     caps = generate(model, prep.vocab, [prep.feats[i].float().numpy() for i in indices], beam=beam)
     hyps = {i: c.text for i, c in zip(indices, caps)}
-    return metrics.evaluate(hyps, {i: prep.refs[i] for i in indices}), [c.text for c in caps]
+    refs = {i: prep.refs[i] for i in indices}
+    return {**metrics.evaluate(hyps, refs), **metrics.grounding(hyps, refs)}, [c.text for c in caps]
+
+
+def score_per_source(model, prep: Prepared, indices: list[int], beam: int = 1) -> dict[str, dict]:
+    """Scores of each dataset's part of `indices`, and their mean over datasets ("all")."""
+    per = {name: score_split(model, prep, idx, beam)[0] for name, idx in prep.by_source(indices).items() if idx}
+    keys = set.intersection(*(set(v) for v in per.values()))
+    return {**per, "all": {k: float(np.mean([v[k] for v in per.values()])) for k in keys}}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -282,6 +334,7 @@ def weights_digest(model) -> str:
 def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     rank, world = _dist()
     device = _device(cfg.device, rank)
+    specs = specs_of(cfg)  # a bad manifest is refused before anything is written
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     if rank == 0:
@@ -296,10 +349,21 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
             torch.distributed.barrier()
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
 
+    attend = cfg.arch == "attend"
+    styled = attend and cfg.styles and (len(prep.sources) > 1 or prep.general)
     mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
-                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len)
+                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len,
+                       classes=1000 if attend and cfg.attributes else 0,
+                       sources=list(prep.sources) if styled else [], general=bool(styled and prep.general))
     torch.manual_seed(cfg.seed)
-    model = build(mcfg).to(device)
+    model = build(mcfg)
+    if mcfg.classes:
+        from .features import classifier_head
+
+        w, b = classifier_head()
+        model.cls_weight.copy_(torch.from_numpy(w))
+        model.cls_bias.copy_(torch.from_numpy(b))
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0,
              "config": asdict(cfg)}
@@ -310,7 +374,9 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     higher_better = cfg.select == "cider"
-    meta = {"name": out.name, "data": {"path": str(cfg.data), "format": cfg.format}, "decoding": {"beam": 5}}  # chosen on koflickr validation
+    meta = {"name": out.name, "data": [{"name": s.name, "path": Path(s.path).name, "format": s.format}
+                                        for s in specs],
+            "decoding": {"beam": 5}}  # chosen on koflickr validation
 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
@@ -328,7 +394,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         with progress_bar(f"epoch {epoch}/{cfg.epochs}", total=len(mine), enabled=rank == 0 and not cfg.quiet) as advance:
             for idx in mine:
                 batch = make_batch(prep, [prep.pairs[i] for i in idx], device)
-                loss = loss_fn(train_model, batch, cfg.label_smoothing)
+                loss = loss_fn(train_model, batch, cfg.label_smoothing, cfg.source_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -346,10 +412,15 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if rank == 0:
             row["val_loss"] = round(validation_loss(model, prep, device), 5)
             if cfg.select == "cider":
-                scores, _ = score_split(model.cpu(), prep, prep.val, beam=1)
+                per = score_per_source(model.cpu(), prep, prep.val, beam=1)
                 model.to(device)
-                row["val_cider"] = round(scores["CIDEr-D"], 5)
-                row["val_bleu4"] = round(scores["BLEU-4"], 5)
+                row["val_cider"] = round(per["all"]["CIDEr-D"], 5)
+                row["val_bleu4"] = round(per["all"]["BLEU-4"], 5)
+                row["val_noun_precision"] = round(per["all"]["noun_precision"], 5)
+                if len(prep.sources) > 1:
+                    for name in prep.sources:
+                        row[f"val_cider_{name}"] = round(per[name]["CIDEr-D"], 5)
+                        row[f"val_noun_precision_{name}"] = round(per[name]["noun_precision"], 5)
             value = row["val_cider"] if higher_better else row["val_loss"]
             best = state["best"]
             improved = best is None or (value > best if higher_better else value < best)
@@ -390,21 +461,35 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     if rank == 0:
         best = modelfile.load(out)
         result.update(test_scores(best.model, prep, out, cfg, state))
+        result["confidence"] = calibrate_on_validation(best, prep, out)
     return result
 
 
+def calibrate_on_validation(best: modelfile.Loaded, prep: Prepared, out: Path) -> dict:
+    """Fit the kept model's confidence calibration and say-less threshold (confidence.py)."""
+    from .confidence import calibrate
+
+    cal = calibrate(best.model, best.vocab, [prep.feats[i].float().numpy() for i in prep.val],
+                    [prep.refs[i] for i in prep.val])
+    meta = {**cal.to_meta(), "fitted_on": f"validation, {len(prep.val)} examples"}
+    modelfile.update_meta(out, {"confidence": meta})
+    return meta
+
+
 def test_scores(model, prep: Prepared, out: Path, cfg: TrainConfig, state: dict) -> dict:
-    """Score the kept model on the test split (beam 5) and record it in config.json."""
+    """Score the kept model on each dataset's test split (beam 5) and record it in config.json."""
     indices = prep.test or prep.val
-    scores, _ = score_split(model, prep, indices, beam=5)
+    per = score_per_source(model, prep, indices, beam=5)
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    config["test"] = {k: round(v, 5) for k, v in scores.items()}
+    config["test"] = {name: {k: round(v, 5) for k, v in scores.items()} for name, scores in per.items()}
     config["training"] = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
                           "seconds": round(state["seconds"], 1), "select": cfg.select,
-                          "split": {"train": len({i for i, _ in prep.pairs}), "validation": len(prep.val),
+                          "split": {"train": len({p[0] for p in prep.pairs}), "validation": len(prep.val),
                                     "test": len(prep.test), "seed": cfg.seed}}
     (out / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
-    split = {"validation": [prep.examples[i].id for i in prep.val], "test": [prep.examples[i].id for i in prep.test]}
+    split = {"datasets": {name: {"validation": [prep.examples[i].id for i in prep.by_source(prep.val)[name]],
+                                 "test": [prep.examples[i].id for i in prep.by_source(prep.test)[name]]}
+                          for name in prep.sources}}
     (out / "split.json").write_text(json.dumps(split, ensure_ascii=False))
     return {"test": config["test"]}
 
@@ -428,7 +513,7 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
     if folds < 2:
         raise KvcapError("--folds needs at least 2")
     base = prepare(cfg)
-    pool = sorted(set(i for i, _ in base.pairs) | set(base.val))
+    pool = sorted(set(p[0] for p in base.pairs) | set(base.val))
     order = np.random.default_rng(cfg.seed).permutation(pool)
     parts = np.array_split(order, folds)
     runs = []
@@ -440,7 +525,7 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
         runs.append(fit(fold_cfg, with_split(base, train, val, base.test, fold_cfg)))
     summary: dict = {"folds": runs}
     for key in ("best",) + tuple(f"test.{m}" for m in ("CIDEr-D", "BLEU-4", "METEOR", "ROUGE-L")):
-        values = [r["best"] if key == "best" else r["test"][key.split(".", 1)[1]] for r in runs]
+        values = [r["best"] if key == "best" else r["test"]["all"][key.split(".", 1)[1]] for r in runs]
         summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
     (Path(cfg.out) / "cross_validation.json").write_text(json.dumps(summary, indent=2))
     return summary

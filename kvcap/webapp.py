@@ -191,6 +191,8 @@ class SegmentOut(BaseModel):
     end: float
     text: str
     score: float = Field(description="Geometric-mean token probability of the caption")
+    confidence: float | None = Field(None, description="Calibrated: expected share of the caption's nouns "
+                                     "that are in the picture (0..1); absent for an uncalibrated model")
 
 
 class JobError(BaseModel):

@@ -1,8 +1,9 @@
 """Copy a trained model folder into the package as the default model (float16 weights).
 
-    python scripts/package_model.py runs/koflickr-attend [--card MODEL_CARD.md]
+    python scripts/package_model.py runs/ks-attend [--card MODEL_CARD.md]
 
-Keeps config.json (with its scores), vocab.json and split.json, and writes the card.
+Keeps config.json (with its scores and confidence calibration), vocab.json, split.json and
+train_log.csv, and writes the card.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ def main() -> None:
     meta = dict(loaded.meta)
     meta["name"] = args.dest.name
     meta["decoding"] = {"beam": 5, "length_penalty": 0.7}  # best CIDEr-D on the validation split
-    if isinstance(meta.get("data"), dict):  # no absolute paths of the training machine in the package
-        meta["data"]["path"] = Path(meta["data"]["path"]).name
+    for d in meta.get("data", []):  # no paths of the training machine in the package
+        d["path"] = Path(d["path"]).name
     modelfile.save(args.dest, loaded.model, loaded.vocab, meta, card=card, half=True)
-    if (args.run / "split.json").exists():
-        shutil.copy2(args.run / "split.json", args.dest / "split.json")
+    for name in ("split.json", "train_log.csv"):
+        if (args.run / name).exists():
+            shutil.copy2(args.run / name, args.dest / name)
     size = sum(f.stat().st_size for f in args.dest.iterdir())
     print(f"{args.dest}: {size / 1e6:.1f} MB")
 

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KVCAP_SHARED", ROOT.parent / "shared"))
 VIDEOS = SHARED / "videos"
 KOFLICKR = SHARED / "data" / "koflickr" / "MSCOCO_style_Korean.json"
+KOSCENES = SHARED / "data" / "koscenes" / "MSCOCO_style_Korean.json"
 MULTIMODAL = SHARED / "data" / "aihub_multimodal_sample" / "KETI_MULTIMODAL_0000000012_interpolation.json"
 HELDOUT_IMAGES = SHARED / "data" / "heldout_images"
 
@@ -33,6 +34,11 @@ def videos() -> Path:
 @pytest.fixture(scope="session")
 def koflickr() -> Path:
     return need(KOFLICKR)
+
+
+@pytest.fixture(scope="session")
+def koscenes() -> Path:
+    return need(KOSCENES)
 
 
 @pytest.fixture(scope="session")

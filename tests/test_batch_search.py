@@ -194,3 +194,11 @@ def test_batch_from_file_list(library, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["done"] == 2
     assert kvcap("batch", "--out", tmp_path / "o2", "--quiet").returncode == 2  # no inputs at all
+
+
+def test_a_piece_of_a_compound_is_no_typo_of_another_word(tmp_path):
+    write_result(tmp_path, "suit", ["정장을 입은 남자가 서 있다."])
+    update_index(tmp_path)
+    assert search("우주정거장", tmp_path) == []  # 우주 + 정거장; 정거장 is two edits from 정장
+    assert videos_of(search("정장", tmp_path)) == ["suit.mp4"]
+    assert videos_of(search("정잔", tmp_path)) == ["suit.mp4"]  # a real one-letter typo still matches

@@ -42,8 +42,8 @@ def test_main_job_prints_one_line_per_caption(multishot_run):
     assert 1 <= len(lines) <= 4
     parsed = [LINE.match(l) for l in lines]
     assert all(parsed), lines
-    assert parsed[0].group(1) == "00:00:00.000" and parsed[-1].group(2).startswith("00:00:19.9") or \
-        parsed[-1].group(2).startswith("00:00:20.0")
+    assert parsed[0].group(1) == "00:00:00.000"
+    assert parsed[-1].group(2).startswith(("00:00:19.9", "00:00:20.0"))
     texts = [p.group(3) for p in parsed]
     assert all(HANGUL.search(t) and t.endswith(".") for t in texts)
     assert all(a != b for a, b in zip(texts, texts[1:]))  # the same sentence never twice in a row
@@ -63,6 +63,7 @@ def test_subtitles_parse_with_standard_libraries(multishot_run):
     assert data["input"].endswith("multishot_4cuts.mp4") and data["model"]
     assert [s["text"] for s in data["segments"]] == [s.content for s in subs]
     assert all(0.0 < s["score"] <= 1.0 and s["end"] > s["start"] for s in data["segments"])
+    assert all(0.0 <= s["confidence"] <= 1.0 for s in data["segments"])  # the shipped model is calibrated
 
 
 def test_captioned_mp4_keeps_size_rate_length_and_audio(multishot_run, videos):
@@ -89,7 +90,7 @@ def test_json_lines_and_format_selection(videos, tmp_path):
     assert [Path(x["input"]).name for x in rows] == ["street_bikes.mp4", "carphone_tiny.mp4"]
     for x in rows:
         assert set(x) == {"input", "segments", "model"}
-        assert all(set(s) == {"start", "end", "text", "score"} for s in x["segments"])
+        assert all(set(s) == {"start", "end", "text", "score", "confidence"} for s in x["segments"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["carphone_tiny.srt", "street_bikes.srt"]
     assert r.stderr == ""  # --quiet
 
@@ -201,3 +202,28 @@ def test_python_api(captioner, videos):
     image = Image.fromarray(np.full((300, 400, 3), 120, np.uint8))
     cap = captioner.caption_image(image)
     assert HANGUL.search(cap.text) and 0 < cap.score <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-segment", "0"], "--max-segment"),
+    (["--max-segment", "-3"], "--max-segment"),
+    (["--min-shot", "-1"], "--min-shot"),
+    (["--keyframes", "0"], "--keyframes"),
+    (["--beam", "0"], "--beam"),
+    (["--segments", "fixed:0"], "fixed:N"),
+])
+def test_bad_numeric_options_are_one_line_and_exit_2(synthetic_video, tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "kvcap", "caption", str(synthetic_video), "--out", str(tmp_path / "o"),
+                        "--quiet", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_an_unchanging_shot_reads_as_one_caption(captioner, videos):
+    """campus_people_walking.mp4: 80 s of one fixed camera, cut into 8-second windows, says one thing."""
+    from kvcap.shots import SegmentSpec
+
+    result = captioner.caption_video(videos / "campus_people_walking.mp4", SegmentSpec(max_segment=8.0))
+    assert len(result.shots) == 10  # ten windows ...
+    assert len(result.segments) == 1  # ... one story
+    assert result.segments[0].start == 0.0 and result.segments[0].end == pytest.approx(79.5, abs=0.2)

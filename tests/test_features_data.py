@@ -143,3 +143,12 @@ def test_video_examples_become_multi_frame_segments(tmp_path):
     assert any("record bad" in n for n in notes)
     again, _ = example_features(examples[:1], cfg, notes.append)  # second time from the cache
     assert np.array_equal(again[0], feats[0])
+
+
+def test_an_existing_file_name_with_brackets_is_not_a_glob(tmp_path):
+    from kvcap.inputs import expand_inputs
+
+    (tmp_path / "clip[1].mp4").write_bytes(b"x")
+    (tmp_path / "clip1.mp4").write_bytes(b"y")  # what the pattern clip[1].mp4 would match
+    assert expand_inputs([str(tmp_path / "clip[1].mp4")]) == [tmp_path / "clip[1].mp4"]
+    assert expand_inputs([str(tmp_path / "clip[0-9].mp4")]) == [tmp_path / "clip1.mp4"]  # a real pattern still expands

@@ -57,7 +57,7 @@ class Parrot(torch.nn.Module):
 
     config = ModelConfig(vocab_size=10, max_len=12)
 
-    def prepare(self, feats, mask):
+    def prepare(self, feats, mask, style=None):
         return None, torch.zeros(feats.size(0), 1)
 
     def step(self, tokens, state, memory):

@@ -51,7 +51,8 @@ def test_training_writes_a_loadable_model_folder(reference_run):
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert "CIDEr-D" in result["test"] and json.loads((out / "split.json").read_text())["test"]
+    assert "CIDEr-D" in result["test"]["koflickr"] and "noun_precision" in result["test"]["koflickr"]
+    assert json.loads((out / "split.json").read_text())["datasets"]["koflickr"]["test"]
     config = json.loads((out / "config.json").read_text())
     assert config["validation"]["epoch"] == result["best_epoch"]  # the kept model is the best one
 
@@ -119,12 +120,94 @@ def test_evaluate_cli_scores_the_model_and_baselines(koflickr, reference_run, tm
               "--json", "--examples", "3", "--quiet")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    test_ids = json.loads((out / "split.json").read_text())["test"]
-    assert report["n"] == len(test_ids) and len(report["examples"]) == 3
-    for scores in (report["scores"], *report["baselines"].values()):
-        assert set(scores) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "distinct"}
-    assert report["baselines"]["constant"]["distinct"] == pytest.approx(1 / report["n"], abs=1e-3)
+    test_ids = json.loads((out / "split.json").read_text())["datasets"]["koflickr"]["test"]
+    # the subset's folder names it differently: one dataset is matched to a one-dataset model
+    part = next(iter(report["datasets"].values()))
+    assert part["n"] == len(test_ids) and len(report["examples"]) == 3
+    baselines = part["baselines"]
+    for scores in (part["scores"], baselines["nearest-neighbour"], baselines["constant"]):
+        assert set(scores) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "distinct", "noun_precision",
+                               "noun_recall", "noun_hit"}
+    assert baselines["constant"]["distinct"] == pytest.approx(1 / part["n"], abs=1e-3)
+    assert 0.3 < baselines["human"]["noun_precision"] <= 1.0  # people agree on most of what they name
     table = kvcap("evaluate", str(subset), "--root", str(koflickr.parent), "--model", str(out), "--quiet")
-    assert "CIDEr-D" in table.stdout and "test split" in table.stdout
+    assert "CIDEr-D" in table.stdout and "test split" in table.stdout and "noun-P" in table.stdout
     bad = kvcap("evaluate", str(tmp_path / "nope.json"), "--model", str(out), "--quiet")
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- several datasets
+
+
+@pytest.fixture(scope="module")
+def two_dataset_run(koflickr, koscenes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    for name, source in (("koflickr", koflickr), ("koscenes", koscenes)):  # small: evaluation reads them whole
+        records = sorted(json.loads(source.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))[:160]
+        (folder / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    manifest = folder / "both.manifest.json"
+    manifest.write_text(json.dumps({"datasets": [
+        {"path": "koflickr.json", "root": str(koflickr.parent), "name": "koflickr"},
+        {"path": "koscenes.json", "root": str(koscenes.parent), "name": "koscenes", "general_first": True},
+    ]}), encoding="utf-8")
+    out = folder / "model"
+    r = kvcap("train", str(manifest), "--out", str(out), "--epochs", "2", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return manifest, out, json.loads(r.stdout)
+
+
+def test_two_datasets_train_one_model_with_splits_and_scores_per_dataset(two_dataset_run):
+    manifest, out, result = two_dataset_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["sources"] == ["koflickr", "koscenes"] and config["model"]["general"] is True
+    assert config["model"]["classes"] == 1000  # ImageNet class scores are an input
+    assert [d["name"] for d in config["data"]] == ["koflickr", "koscenes"]
+    assert set(config["test"]) == {"koflickr", "koscenes", "all"}
+    assert config["test"]["all"]["CIDEr-D"] == pytest.approx(
+        (config["test"]["koflickr"]["CIDEr-D"] + config["test"]["koscenes"]["CIDEr-D"]) / 2, abs=1e-4)
+    split = json.loads((out / "split.json").read_text())["datasets"]
+    records = {name: {str(r["id"]) for r in json.loads((manifest.parent / f"{name}.json").read_text(encoding="utf-8"))}
+               for name in ("koflickr", "koscenes")}
+    for name in ("koflickr", "koscenes"):
+        val, test = set(split[name]["validation"]), set(split[name]["test"])
+        assert val and test and not val & test and (val | test) <= records[name]
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert {"val_cider_koflickr", "val_cider_koscenes", "val_noun_precision_koscenes"} <= set(rows[0])
+    # calibrated on validation (a model this small may name no noun yet: then no table)
+    assert config["confidence"]["fitted_on"] == f"validation, {sum(len(split[n]['validation']) for n in split)} examples"
+    assert set(config["confidence"]["tables"]) <= {"auto", "general"}
+
+
+def test_evaluate_reports_every_dataset_of_a_manifest(two_dataset_run):
+    manifest, out, _ = two_dataset_run
+    r = kvcap("evaluate", str(manifest), "--model", str(out), "--baselines", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    split = json.loads((out / "split.json").read_text())["datasets"]
+    for name in ("koflickr", "koscenes"):
+        part = report["datasets"][name]
+        assert part["n"] == len(split[name]["test"])
+        assert set(part["baselines"]) == {"nearest-neighbour", "constant", "human"}
+    general = kvcap("evaluate", str(manifest), "--model", str(out), "--style", "general", "--json", "--quiet")
+    assert general.returncode == 0 and json.loads(general.stdout)["style"] == "general"
+    bad = kvcap("evaluate", str(manifest), "--model", str(out), "--style", "poetic", "--quiet")
+    assert bad.returncode == 2 and "unknown style" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"datasets": []}', "expected"),
+    ('{"datasets": [{"path": "a.json", "colour": "red"}]}', "dataset #1"),
+    ('{"datasets": [{"path": "a.json", "format": "coco"}]}', "unknown format"),
+    ('{"datasets": [{"path": "a.json"}, {"path": "b/a.json", "name": "a"}]', "not valid JSON"),
+])
+def test_bad_manifest_is_one_line_and_exit_2(tmp_path, content, message):
+    manifest = tmp_path / "bad.manifest.json"
+    manifest.write_text(content, encoding="utf-8")
+    r = kvcap("train", str(manifest), "--out", str(tmp_path / "m"), "--quiet")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_two_datasets_with_one_name_are_refused(koflickr, tmp_path):
+    r = kvcap("train", str(koflickr), str(koflickr), "--out", str(tmp_path / "m"), "--quiet")
+    assert r.returncode == 2 and "named 'koflickr'" in r.stderr

@@ -10,7 +10,7 @@ Decoding (greedy, beam) only needs two methods, so it works for every architectu
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -27,6 +27,13 @@ class ModelConfig:
     dropout: float = 0.5
     max_len: int = 32  # morphemes, <eos> included
     encoder: str = "efficientnet-lite0"
+    # attributes (Yao et al. 2017): the encoder's own ImageNet class scores as a second
+    # input; 0 = off, 1000 = on (the classifier head's weights are stored with the model)
+    classes: int = 0
+    # caption styles: one per training dataset (the model predicts which fits a picture),
+    # plus "general" when a dataset marks short, general captions; empty = no styles
+    sources: list = field(default_factory=list)
+    general: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +46,17 @@ class ModelConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         return cls(**data)
 
+    @property
+    def n_styles(self) -> int:
+        return len(self.sources) + int(self.general)
+
+    def style_id(self, name: str) -> int:
+        """Index of a style: a source's name, or "general"."""
+        names = list(self.sources) + (["general"] if self.general else [])
+        if name not in names:
+            raise ValueError(f"unknown style {name!r}; this model has {names}")
+        return names.index(name)
+
 
 def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """Mean over regions and real frames: (B, T, R, D) -> (B, D)."""
@@ -50,7 +68,8 @@ def masked_mean(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
 class CaptionModel(nn.Module):
     config: ModelConfig
 
-    def prepare(self, feats: torch.Tensor, frame_mask: torch.Tensor):
+    def prepare(self, feats: torch.Tensor, frame_mask: torch.Tensor, style: torch.Tensor | None = None):
+        """Memory and initial state; `style` (B,) picks a caption style where the model has them."""
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state, memory):
@@ -65,11 +84,13 @@ class CaptionModel(nn.Module):
             return tree.index_select(0, index)
         return type(tree)(CaptionModel.select(t, index) for t in tree)
 
-    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: tokens_in (B, L) starting with <bos> -> logits (B, L, V)."""
-        memory, state = self.prepare(feats, frame_mask)
+    def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor, tokens_in: torch.Tensor,
+                style: torch.Tensor | None = None, return_memory: bool = False):
+        """Teacher forcing: tokens_in (B, L) starting with <bos> -> logits (B, L, V) (and the memory)."""
+        memory, state = self.prepare(feats, frame_mask, style)
         out = []
         for t in range(tokens_in.size(1)):
             logits, state = self.step(tokens_in[:, t], state, memory)
             out.append(logits)
-        return torch.stack(out, dim=1)
+        logits = torch.stack(out, dim=1)
+        return (logits, memory) if return_memory else logits

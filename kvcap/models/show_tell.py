@@ -24,7 +24,7 @@ class ShowTell(CaptionModel):
         self.drop = nn.Dropout(c.dropout)
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
 
-    def prepare(self, feats, frame_mask):
+    def prepare(self, feats, frame_mask, style=None):
         v = torch.relu(self.feat_in(masked_mean(feats, frame_mask)))
         return None, (torch.tanh(self.init_h(v)), torch.tanh(self.init_c(v)))
 
