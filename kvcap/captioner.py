@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import confidence, korean, modelfile
-from .captions import Caption, generate
+from .captions import Caption
 from .features import Encoder, load_image
 from .frames import KeyframePool
 from .progress import progress_bar
@@ -116,10 +116,8 @@ class Captioner:
 
     def caption_features(self, segments: list[np.ndarray]) -> list[tuple[Caption, float | None]]:
         """Captions with their calibrated confidence; unsure ones said in the general style."""
-        caps = generate(self.model, self.vocab, segments, beam=self.beam, length_penalty=self.length_penalty)
-        return self.confidence.say_less(caps, lambda idx, style: generate(
-            self.model, self.vocab, [segments[i] for i in idx], beam=self.beam,
-            length_penalty=self.length_penalty, style=style))
+        return self.confidence.generate(self.model, self.vocab, segments, beam=self.beam,
+                                        length_penalty=self.length_penalty)
 
     def caption_image(self, image: str | Path | Image.Image) -> CaptionedSegment:
         feats = self.encoder.encode(load_image(image)[None])

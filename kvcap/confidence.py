@@ -83,6 +83,14 @@ class Calibration:
                 out[i] = (c, self.value(c.score, "general"))
         return out
 
+    def generate(self, model, vocab, segments: Sequence[np.ndarray], *, beam: int,
+                 length_penalty: float = 0.7) -> list[tuple[Caption, float | None]]:
+        """What kvcap says of each segment: its caption (unsure ones in the general style)
+        and the caption's confidence."""
+        caps = generate(model, vocab, segments, beam=beam, length_penalty=length_penalty)
+        return self.say_less(caps, lambda idx, style: generate(
+            model, vocab, [segments[i] for i in idx], beam=beam, length_penalty=length_penalty, style=style))
+
 
 def fit(scores: dict[str, list[float]], right: dict[str, list[int]], named: dict[str, list[int]],
         knots: int = 24) -> Calibration:
@@ -116,16 +124,24 @@ def fit(scores: dict[str, list[float]], right: dict[str, list[int]], named: dict
 
 def per_caption_nouns(texts: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[list[int], list[int]]:
     """(right, named) noun counts per caption against its references."""
-    from .korean import nouns_many
+    from .metrics import noun_sets
 
-    hyp = nouns_many(list(texts))
-    flat = iter(nouns_many([r for rs in refs for r in rs]))
-    right, named = [], []
-    for h, rs in zip(hyp, refs):
-        union = set().union(*[next(flat) for _ in rs])
-        right.append(len(h & union))
-        named.append(len(h))
-    return right, named
+    hyp, ref_nouns = noun_sets(texts, refs)
+    right = [len(h & set().union(*rs)) for h, rs in zip(hyp, ref_nouns)]
+    return right, [len(h) for h in hyp]
+
+
+def calibrate_folder(folder, loaded, feats: Sequence[np.ndarray], refs: Sequence[Sequence[str]]) -> dict:
+    """Fit a model folder's calibration on validation segments (decoded as the model decodes)
+    and store it in its config.json; returns what was stored."""
+    from .modelfile import update_meta
+
+    decoding = loaded.meta.get("decoding", {})
+    cal = calibrate(loaded.model, loaded.vocab, feats, refs, beam=int(decoding.get("beam", 5)),
+                    length_penalty=float(decoding.get("length_penalty", 0.7)))
+    meta = {**cal.to_meta(), "fitted_on": f"validation, {len(feats)} examples"}
+    update_meta(folder, {"confidence": meta})
+    return meta
 
 
 def calibrate(model, vocab, feats: Sequence[np.ndarray], refs: Sequence[Sequence[str]], *, beam: int = 5,

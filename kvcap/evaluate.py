@@ -113,10 +113,10 @@ def evaluate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *,
     for name, chosen in data.chosen.items():
         refs = {i: examples[i].captions for i in chosen}
         segs = [feats[i].astype(np.float32) for i in chosen]
-        caps = generate(loaded.model, loaded.vocab, segs, beam=beam, style=style)
         if style is None:  # what `kvcap caption` says: unsure captions in the general style
-            caps = [c for c, _ in cal.say_less(caps, lambda idx, st: generate(
-                loaded.model, loaded.vocab, [segs[i] for i in idx], beam=beam, style=st))]
+            caps = [c for c, _ in cal.generate(loaded.model, loaded.vocab, segs, beam=beam)]
+        else:
+            caps = generate(loaded.model, loaded.vocab, segs, beam=beam, style=style)
         hyps = {i: c.text for i, c in zip(chosen, caps)}
         part = {"n": len(chosen), "scores": score(hyps, refs)}
         if baselines:
@@ -132,18 +132,14 @@ def evaluate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *,
 
 def calibrate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *, progress: bool = True) -> dict:
     """Fit the model's confidence calibration on its validation split and store it in config.json."""
-    from . import confidence
+    from .confidence import calibrate_folder
 
     model_dir = Path(model_dir) if model_dir else modelfile.default_dir()
-    loaded = modelfile.load(model_dir)
+    loaded = modelfile.load(model_dir)  # a missing or damaged model is refused before the data is read
     data = load_split(model_dir, data_paths, fmt, root, "validation", progress)
     idx = [i for chosen in data.chosen.values() for i in chosen]
-    decoding = loaded.meta.get("decoding", {})
-    cal = confidence.calibrate(loaded.model, loaded.vocab, [data.feats[i].astype(np.float32) for i in idx],
-                               [data.examples[i].captions for i in idx], beam=int(decoding.get("beam", 5)),
-                               length_penalty=float(decoding.get("length_penalty", 0.7)))
-    modelfile.update_meta(model_dir, {"confidence": {**cal.to_meta(), "fitted_on": f"validation, {len(idx)} examples"}})
-    return cal.to_meta()
+    return calibrate_folder(model_dir, loaded, [data.feats[i].astype(np.float32) for i in idx],
+                            [data.examples[i].captions for i in idx])
 
 
 def score(hyps: dict, refs: dict) -> dict:

@@ -187,15 +187,25 @@ def distinct(texts: Sequence[str]) -> float:
     return len(set(texts)) / len(texts) if texts else 0.0
 
 
-def grounding(hyp_texts: Mapping[object, str], ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
-    """noun_precision, noun_recall and noun_hit (see the module's docstring)."""
+def per_item(analyse, groups: Sequence[Sequence[str]]) -> list[list]:
+    """`analyse` (a batch function over sentences) run once over every group's sentences,
+    its results handed back group by group."""
+    flat = iter(analyse([t for g in groups for t in g]))
+    return [[next(flat) for _ in g] for g in groups]
+
+
+def noun_sets(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[list[set], list[list[set]]]:
+    """Each caption's nouns, and each of its references' (korean.nouns_many)."""
     from .korean import nouns_many
 
+    return nouns_many(list(hyps)), per_item(nouns_many, refs)
+
+
+def grounding(hyp_texts: Mapping[object, str], ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
+    """noun_precision, noun_recall and noun_hit (see the module's docstring)."""
     keys = list(hyp_texts)
-    hyp = dict(zip(keys, nouns_many([hyp_texts[k] for k in keys])))
-    flat = iter(nouns_many([r for k in keys for r in ref_texts[k]]))
-    refs = {k: [next(flat) for _ in ref_texts[k]] for k in keys}
-    return _grounding(hyp, refs)
+    hyp, refs = noun_sets([hyp_texts[k] for k in keys], [ref_texts[k] for k in keys])
+    return _grounding(dict(zip(keys, hyp)), dict(zip(keys, refs)))
 
 
 def _grounding(hyp: Mapping[object, set], refs: Mapping[object, Sequence[set]]) -> dict[str, float]:
@@ -219,11 +229,8 @@ def _grounding(hyp: Mapping[object, set], refs: Mapping[object, Sequence[set]]) 
 
 def human_grounding(ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
     """Each reference held against the others of its item (items with 3+ references)."""
-    from .korean import nouns_many
-
     keys = [k for k in ref_texts if len(ref_texts[k]) >= 3]
-    flat = iter(nouns_many([r for k in keys for r in ref_texts[k]]))
-    nouns = {k: [next(flat) for _ in ref_texts[k]] for k in keys}
+    nouns = dict(zip(keys, noun_sets([], [ref_texts[k] for k in keys])[1]))
     hyp, refs = {}, {}
     for k in keys:
         for j, own in enumerate(nouns[k]):
@@ -235,10 +242,8 @@ def human_grounding(ref_texts: Mapping[object, Sequence[str]]) -> dict[str, floa
 def evaluate(hyp_texts: Mapping[object, str], ref_texts: Mapping[object, Sequence[str]]) -> dict[str, float]:
     """All metrics from raw Korean sentences."""
     keys = list(hyp_texts)
-    flat_refs = [r for k in keys for r in ref_texts[k]]
     tok_h = dict(zip(keys, korean_tokens([hyp_texts[k] for k in keys])))
-    tok_r_flat = iter(korean_tokens(flat_refs))
-    tok_r = {k: [next(tok_r_flat) for _ in ref_texts[k]] for k in keys}
+    tok_r = dict(zip(keys, per_item(korean_tokens, [ref_texts[k] for k in keys])))
     b = bleu(tok_h, tok_r)
     c, _ = cider_d(tok_h, tok_r)
     return {

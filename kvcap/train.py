@@ -467,13 +467,10 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
 
 def calibrate_on_validation(best: modelfile.Loaded, prep: Prepared, out: Path) -> dict:
     """Fit the kept model's confidence calibration and say-less threshold (confidence.py)."""
-    from .confidence import calibrate
+    from .confidence import calibrate_folder
 
-    cal = calibrate(best.model, best.vocab, [prep.feats[i].float().numpy() for i in prep.val],
-                    [prep.refs[i] for i in prep.val])
-    meta = {**cal.to_meta(), "fitted_on": f"validation, {len(prep.val)} examples"}
-    modelfile.update_meta(out, {"confidence": meta})
-    return meta
+    return calibrate_folder(out, best, [prep.feats[i].float().numpy() for i in prep.val],
+                            [prep.refs[i] for i in prep.val])
 
 
 def test_scores(model, prep: Prepared, out: Path, cfg: TrainConfig, state: dict) -> dict:

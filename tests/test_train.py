@@ -211,3 +211,21 @@ def test_bad_manifest_is_one_line_and_exit_2(tmp_path, content, message):
 def test_two_datasets_with_one_name_are_refused(koflickr, tmp_path):
     r = kvcap("train", str(koflickr), str(koflickr), "--out", str(tmp_path / "m"), "--quiet")
     assert r.returncode == 2 and "named 'koflickr'" in r.stderr
+
+
+def test_calibrate_refits_a_models_confidence(two_dataset_run, tmp_path):
+    import shutil
+
+    manifest, out, _ = two_dataset_run
+    model = tmp_path / "model"
+    shutil.copytree(out, model)
+    config = json.loads((model / "config.json").read_text())
+    fitted = config.pop("confidence")
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    r = kvcap("calibrate", str(manifest), "--model", str(model), "--quiet")
+    assert r.returncode == 0, r.stderr
+    again = json.loads((model / "config.json").read_text())["confidence"]
+    assert again == fitted  # the same validation captions give the same calibration
+    assert json.loads(r.stdout) == again  # it prints what it stored
+    missing = kvcap("calibrate", str(manifest), "--model", str(tmp_path / "nope"), "--quiet")
+    assert missing.returncode == 2 and "model folder not found" in missing.stderr
