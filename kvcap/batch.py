@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import KvcapError
+from .errors import KvcapError, crash_report, describe_os_error
 from .inputs import file_hash
 
 MANIFEST = "kvcap_manifest.sqlite"
@@ -41,7 +41,7 @@ class Task:
 class Outcome:
     path: str
     status: str  # done | failed
-    error: str = ""
+    error: str = ""  # failed: why; done: what was damaged and skipped, if anything
     duration: float = 0.0  # seconds of video
     outputs: list[str] = field(default_factory=list)
 
@@ -51,12 +51,14 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    damaged: int = 0  # done, but parts could not be decoded (said in failures too)
     video_seconds: float = 0.0
     wall_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"done {self.done}, skipped {self.skipped}, failed {self.failed}; "
+        damaged = f" ({self.damaged} damaged: captioned what decodes)" if self.damaged else ""
+        return (f"done {self.done}{damaged}, skipped {self.skipped}, failed {self.failed}; "
                 f"{self.video_seconds / 3600:.3f} video hours in {self.wall_seconds:.1f} s wall time")
 
 
@@ -145,12 +147,17 @@ def run_task(task: Task, out_dir: str, captioner=None) -> Outcome:
         if "gif" in formats:
             written.append(render_gif(result.info, result.segments, output_path(folder, src, "gif", stem), force=True))
         duration = result.info.duration if result.info else 0.0
-        return Outcome(task.path, "done", "", duration, [str(p.relative_to(out)) for p in written])
+        warnings = "; ".join(f"{src}: {w}" for w in result.warnings)
+        return Outcome(task.path, "done", warnings, duration, [str(p.relative_to(out)) for p in written])
     except KvcapError as exc:
         message = str(exc) if exc.path else f"{src}: {exc}"
         return Outcome(task.path, "failed", message)
+    except OSError as exc:
+        return Outcome(task.path, "failed", f"{src}: {describe_os_error(exc)}")
     except Exception as exc:  # a bug must not stop a library of thousands: record it, go on
-        return Outcome(task.path, "failed", f"{src}: unexpected error: {exc.__class__.__name__}: {exc}")
+        log = crash_report(exc, f"kvcap batch {src}")
+        return Outcome(task.path, "failed", f"{src}: internal error ({exc.__class__.__name__}: {exc}); "
+                                            f"the full report is in {log}")
 
 
 # ----------------------------------------------------------------------------- engines
@@ -215,11 +222,13 @@ def plan(inputs: Iterable[Path], formats: list[str], **spec) -> list[Task]:
 def run_batch(inputs: list[Path], out_dir: Path, *, formats: list[str], model: str | None = None,
               workers: int | None = None, engine: str = "local", progress: bool = True,
               report: Callable[[str], None] = print, **spec) -> Summary:
+    from .outputs import remove_stale_parts
     from .progress import progress_bar
 
     if engine not in ENGINES:
         raise KvcapError(f"unknown --engine {engine!r}; choose from {', '.join(ENGINES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(out_dir, recursive=True)  # what a killed earlier run was writing
     workers = workers or default_workers()
     mid = model_id(model)
     manifest = Manifest(out_dir)
@@ -252,6 +261,10 @@ def run_batch(inputs: list[Path], out_dir: Path, *, formats: list[str], model: s
                     if outcome.status == "done":
                         summary.done += 1
                         summary.video_seconds += outcome.duration
+                        if outcome.error:
+                            summary.damaged += 1
+                            summary.failures.append((outcome.path, outcome.error))
+                            report(outcome.error)
                     else:
                         summary.failed += 1
                         summary.failures.append((outcome.path, outcome.error))

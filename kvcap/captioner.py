@@ -52,9 +52,11 @@ class VideoCaptions:
     segments: list[CaptionedSegment]
     model: str
     shots: list[Segment] = field(default_factory=list)  # before merging, for inspection
+    warnings: list[str] = field(default_factory=list)  # what could not be decoded and was skipped
 
     def to_dict(self) -> dict:
-        return {"input": str(self.path), "segments": [s.to_dict() for s in self.segments], "model": self.model}
+        return {"input": str(self.path), "segments": [s.to_dict() for s in self.segments], "model": self.model,
+                "warnings": list(self.warnings)}
 
 
 def merge_repeats(segments: list[CaptionedSegment]) -> list[CaptionedSegment]:
@@ -191,7 +193,7 @@ class Captioner:
                     on_stage("captions", len(caps), len(groups))
         raw = [CaptionedSegment(segments[i].start, segments[i].end, c.text, c.score, conf)
                for g, (c, conf) in zip(groups, caps) for i in g]
-        return VideoCaptions(Path(path), info, merge_repeats(raw), self.name, segments)
+        return VideoCaptions(Path(path), info, merge_repeats(raw), self.name, segments, info.warnings)
 
     def _encode_keyframes(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         feats = self.encoder.encode(np.concatenate(batch))

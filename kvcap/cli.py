@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import KvcapError
+from .errors import KvcapError, crash_report, describe_os_error
 from .inputs import expand_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,6 +22,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def fail(message: str) -> None:
     print(f"kvcap: {message}", file=sys.stderr)
+
+
+def at_least(option: str, value: float | None, low: float) -> None:
+    """Refuse a numeric option below `low` (NaN too) with one line, before any work."""
+    if value is not None and not value >= low:
+        raise KvcapError(f"bad {option} {value}: it must be {low:g} or more")
+
+
+def above(option: str, value: float | None, low: float = 0) -> None:
+    if value is not None and not value > low:
+        raise KvcapError(f"bad {option} {value}: it must be more than {low:g}")
 
 
 def parse_formats(text: str, gif: bool) -> list[str]:
@@ -63,7 +74,7 @@ def caption(
 ) -> None:
     """Caption videos and images; write subtitles, JSON and captioned video."""
     from .captioner import Captioner
-    from .outputs import output_path, output_stems, timestamp, write_text_outputs
+    from .outputs import output_path, output_stems, remove_stale_parts, timestamp, write_text_outputs
     from .render import check_font, render_gif, render_mp4
     from .shots import SegmentSpec
     from .inputs import is_image
@@ -71,14 +82,13 @@ def caption(
     try:
         formats = parse_formats(format, gif)
         spec = SegmentSpec.parse(segments, max_segment=max_segment, min_shot=min_shot)
-        if beam is not None and beam < 1:
-            raise KvcapError(f"bad --beam {beam}: it must be 1 (greedy) or more")
-        if keyframes < 1:
-            raise KvcapError(f"bad --keyframes {keyframes}: at least 1 frame per segment")
+        at_least("--beam", beam, 1)
+        at_least("--keyframes", keyframes, 1)
         if any(f in ("mp4", "gif") for f in formats):
             check_font()
         if formats:
             ensure_writable(out)
+            remove_stale_parts(out)  # what a killed earlier run was writing here
         captioner = Captioner.from_pretrained(model, beam=beam, keyframes=keyframes)
     except KvcapError as exc:
         fail(str(exc))
@@ -92,6 +102,14 @@ def caption(
         try:
             if not path.exists():
                 raise KvcapError("no such file", path)
+            # refuse to clobber before any work, so no time is lost and a partial set never appears
+            wanted = [f for f in formats if not (is_image(path) and f != "json")]
+            for f in wanted:
+                target = output_path(out, path, f, stem)
+                if target.is_dir():
+                    raise KvcapError("a folder is where this output goes", target)
+                if target.exists() and not force:
+                    raise KvcapError("output exists (use --force to overwrite)", target)
             if is_image(path):
                 seg = captioner.caption_image(path)
                 result = _ImageResult(path, [seg], captioner.name)
@@ -99,13 +117,6 @@ def caption(
                 if not quiet and len(paths) > 1:
                     print(f"{path}", file=sys.stderr)
                 result = captioner.caption_video(path, spec, progress=not quiet)
-            # refuse to clobber before any work is written, so a partial set never appears
-            wanted = [f for f in formats if not (isinstance(result, _ImageResult) and f != "json")]
-            if not force:
-                for f in wanted:
-                    target = output_path(out, path, f, stem)
-                    if target.exists():
-                        raise KvcapError("output exists (use --force to overwrite)", target)
             write_text_outputs(result, out, [f for f in wanted if f in ("srt", "vtt", "json")], force, stem)
             if "mp4" in wanted:
                 render_mp4(result.info, result.segments, output_path(out, path, "mp4", stem), force=force,
@@ -113,6 +124,9 @@ def caption(
             if "gif" in wanted:
                 render_gif(result.info, result.segments, output_path(out, path, "gif", stem), force=force,
                            progress=not quiet)
+            for warning in getattr(result, "warnings", []):  # damaged: the rest was captioned, but say so
+                failed += 1
+                fail(f"{path}: {warning}")
             if as_json:
                 print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
             else:
@@ -124,6 +138,13 @@ def caption(
         except KvcapError as exc:
             failed += 1
             fail(str(exc))
+        except OSError as exc:  # writing the outputs: a folder in the way, a full disk
+            failed += 1
+            fail(f"{path}: {describe_os_error(exc)}")
+        except Exception as exc:  # a bug: this input fails, the others go on
+            failed += 1
+            log = crash_report(exc, f"kvcap caption {path}")
+            fail(f"{path}: internal error ({exc.__class__.__name__}: {exc}); the full report is in {log}")
     if failed:
         raise typer.Exit(2)
 
@@ -163,8 +184,9 @@ def train(
     hidden_dim: int = typer.Option(512, "--hidden-dim"),
     attributes: bool = typer.Option(True, "--attributes/--no-attributes",
                                     help="Feed the encoder's ImageNet class scores to the decoder (attend)."),
-    styles: bool = typer.Option(True, "--styles/--no-styles",
-                                help="One caption style per dataset, chosen per picture (attend, 2+ datasets)."),
+    styles: str = typer.Option("general", "--styles",
+                               help="Caption styles (attend): general (a fallback style of short, general "
+                                    "captions where a dataset marks them) | dataset (also one per dataset) | none"),
     embed_dim: int = typer.Option(256, "--embed-dim"),
     attn_dim: int = typer.Option(256, "--attn-dim"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -175,8 +197,21 @@ def train(
     """
     from .train import TrainConfig, cross_validate, fit
 
-    if select not in ("cider", "loss"):
-        fail("--select must be cider or loss")
+    try:
+        if select not in ("cider", "loss"):
+            raise KvcapError("--select must be cider or loss")
+        if styles not in ("general", "dataset", "none"):
+            raise KvcapError("--styles must be general, dataset or none")
+        for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience),
+                              ("--folds", folds), ("--min-count", min_count), ("--limit", limit),
+                              ("--hidden-dim", hidden_dim), ("--embed-dim", embed_dim), ("--attn-dim", attn_dim)):
+            at_least(option, value, 1)
+        above("--lr", lr)
+        for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+            if not 0 < value < 0.5:
+                raise KvcapError(f"bad {option} {value}: it must be between 0 and 0.5")
+    except KvcapError as exc:
+        fail(str(exc))
         raise typer.Exit(2)
     cfg = TrainConfig(data=[str(d) for d in data], format=format, root=str(root) if root else None, out=str(out), arch=arch,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, select=select,
@@ -214,6 +249,8 @@ def evaluate(
     from .evaluate import evaluate_model, format_table
 
     try:
+        at_least("--beam", beam, 1)
+        at_least("--examples", examples, 0)
         report = evaluate_model(model, data, format, root, split=split, beam=beam, baselines=baselines,
                                 progress=not quiet, n_examples=examples, style=style)
     except KvcapError as exc:
@@ -265,8 +302,7 @@ def batch(
     try:
         formats = parse_formats(format, False)
         SegmentSpec.parse(segments, max_segment, min_shot)
-        if workers is not None and workers < 1:
-            raise KvcapError(f"bad --workers {workers}: at least 1")
+        at_least("--workers", workers, 1)
         items = list(inputs or []) + (read_list(from_file) if from_file else [])
         if not items:
             raise KvcapError("no inputs (give files, folders or globs, or --from-file)")
@@ -278,7 +314,7 @@ def batch(
         fail(str(exc))
         raise typer.Exit(2)
     print(json.dumps(summary_dict(summary), ensure_ascii=False) if as_json else summary.line())
-    if summary.failed:
+    if summary.failed or summary.damaged:
         raise typer.Exit(1)
 
 
@@ -311,6 +347,7 @@ def search(
     from .search import search as run_search
 
     try:
+        at_least("--limit", limit, 1)
         hits = run_search(query, index_dir, limit)
     except KvcapError as exc:
         fail(str(exc))
@@ -345,8 +382,11 @@ def serve(
     from .webapp import serve as run_server
 
     try:
-        if max_upload <= 0 or keep <= 0 or queue < 1:
-            raise KvcapError("--max-upload and --keep must be positive, --queue at least 1")
+        above("--max-upload", max_upload)
+        above("--keep", keep)
+        at_least("--queue", queue, 1)
+        if not 0 <= port <= 65535:
+            raise KvcapError(f"bad --port {port}: it must be 0 to 65535")
         SegmentSpec.parse(segments, max_segment, min_shot)
         check_font()
         folder = data or cache_home() / "kvcap-web"
@@ -364,12 +404,31 @@ def serve(
     run_server(settings, captioner, sock)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. Not a KeyboardInterrupt, which click turns into an exit before main()
+    sees it; raised from the signal handler, it unwinds through every `finally` that removes
+    a temporary output."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         app()
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         fail("interrupted; finished outputs are complete, unfinished ones were not written")
-        sys.exit(130)
+        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Anything else is a bug and keeps its traceback. `kind` names the problem for pro
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class KvcapError(Exception):
     """A problem with the user's input, worded for the user."""
@@ -16,3 +18,26 @@ class KvcapError(Exception):
         self.message = message
         self.kind = kind
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OSError from the disk (a folder where a file should go, a full disk, no permission) in one line."""
+    name = getattr(exc, "filename2", None) or exc.filename  # a rename names its target second
+    return f"{name}: {exc.strerror or exc}" if name else str(exc.strerror or exc)
+
+
+def crash_report(exc: BaseException, context: str) -> Path:
+    """Write a bug's full traceback to a log file and return its path: the user sees one line."""
+    import datetime
+    import os
+    import traceback
+
+    from .features import cache_home
+
+    folder = cache_home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = folder / f"kvcap-{stamp}-{os.getpid()}.log"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{context}\n{''.join(traceback.format_exception(exc))}\n")
+    return path

@@ -38,13 +38,18 @@ OUTPUTS = {**{fmt: f"{OUTPUT_STEM}.{fmt}" for fmt in TEXT_FORMATS}, "mp4": "capt
 PREVIEW = "preview.mp4"  # a plain H.264 copy, made only when browsers cannot play the upload
 INPUT = "input"
 STAGES = ("queued", "decode", "shots", "captions", "render", "done")
+STALE_UPLOAD = 3600.0  # seconds without a byte after which an upload is given up
 RESTARTED = "서버가 다시 시작되어 작업이 중단되었습니다. 다시 올려 주세요."
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT, status TEXT, stage TEXT, created REAL, finished REAL,
-    error TEXT, error_kind TEXT, duration REAL, segments TEXT, model TEXT, video TEXT, video_type TEXT);
+    error TEXT, error_kind TEXT, duration REAL, segments TEXT, model TEXT, video TEXT, video_type TEXT,
+    warnings TEXT);
 """
+COLUMNS = ("id", "name", "status", "stage", "created", "finished", "error", "error_kind", "duration", "segments",
+           "model", "video", "video_type", "warnings")
+JSON_COLUMNS = ("segments", "warnings")
 
 
 def new_id() -> str:
@@ -71,6 +76,7 @@ class Job:
     model: str | None = None
     video: str | None = None  # file the player gets: INPUT or PREVIEW
     video_type: str | None = None  # its media type
+    warnings: list[str] | None = None  # done, but parts of the video could not be decoded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +106,8 @@ class JobStore:
         self._db = sqlite3.connect(str(self.root / "jobs.sqlite"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        if "warnings" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # a store from 0.1
+            self._db.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT")
         self._jobs: dict[str, Job] = {}
         self._recover()
 
@@ -107,10 +115,9 @@ class JobStore:
 
     def _recover(self) -> None:
         """Load every job; what was queued or running when the last process died has failed."""
-        for row in self._db.execute("SELECT id, name, status, stage, created, finished, error, error_kind, "
-                                    "duration, segments, model, video, video_type FROM jobs"):
-            job = Job(row[0], row[1], row[2], row[3], 1.0 if row[2] == "done" else 0.0, row[4], row[5], row[6],
-                      row[7], row[8], json.loads(row[9]) if row[9] else None, row[10], row[11], row[12])
+        for row in self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs"):
+            values = {k: json.loads(v) if k in JSON_COLUMNS and v else v for k, v in zip(COLUMNS, row)}
+            job = Job(**values, progress=1.0 if values["status"] == "done" else 0.0)
             if job.status in ("queued", "running"):
                 job.status, job.stage, job.error, job.error_kind = "failed", "failed", RESTARTED, "restarted"
                 job.finished = time.time()
@@ -127,11 +134,11 @@ class JobStore:
                 _remove(p)
 
     def _save(self, job: Job) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.name, job.status, job.stage, job.created, job.finished, job.error, job.error_kind,
-             job.duration, json.dumps(job.segments, ensure_ascii=False) if job.segments is not None else None,
-             job.model, job.video, job.video_type))
+        values = [getattr(job, k) for k in COLUMNS]
+        values = [json.dumps(v, ensure_ascii=False) if k in JSON_COLUMNS and v is not None else v
+                  for k, v in zip(COLUMNS, values)]
+        self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                         values)
 
     def folder(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
@@ -202,11 +209,21 @@ class JobStore:
         for folder in self.jobs_dir.iterdir():  # folders whose row is gone (a crash between the two)
             if folder.is_dir() and folder.name not in known and folder.stat().st_mtime < now - max_age:
                 _remove(folder)
+        for upload in self.uploads_dir.iterdir():  # an upload still arriving is written to all the time
+            if _mtime(upload) < now - min(max_age, STALE_UPLOAD):
+                _remove(upload)
         return old
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # taken by a job meanwhile
+        return float("inf")
 
 
 def _remove(path: Path) -> None:
@@ -297,7 +314,7 @@ class JobRunner:
             return
         store.update(job_id, status="done", stage="done", progress=1.0, finished=time.time(),
                      duration=round(info.duration, 3), segments=[s.to_dict() for s in result.segments],
-                     model=result.model,
+                     model=result.model, warnings=result.warnings or None,
                      **self._player_file(info))
         if self.on_done:
             try:

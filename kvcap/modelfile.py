@@ -12,12 +12,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import KvcapError
 from .korean import Vocab
-from .models import CaptionModel, ModelConfig, build
+from .models import ARCHITECTURES, CaptionModel, ModelConfig, build
 
 DEFAULT_MODEL = "koflickr-koscenes-attend"
 FILES = ("config.json", "model.safetensors", "vocab.json")
@@ -75,6 +75,34 @@ def _atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def check_meta(config: dict) -> None:
+    """The entries outside "model" that loading uses: the name and the decoding defaults."""
+    if not isinstance(config.get("name", ""), str):
+        raise ValueError("config name must be a string")
+    decoding = config.get("decoding", {})
+    if not isinstance(decoding, dict):
+        raise ValueError("config decoding must be an object")
+    beam, penalty = decoding.get("beam", 3), decoding.get("length_penalty", 0.7)
+    if not (isinstance(beam, int) and not isinstance(beam, bool) and 1 <= beam <= 50):
+        raise ValueError(f"config decoding.beam must be a whole number from 1 to 50, not {beam!r}")
+    if not (isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and 0 <= penalty <= 5):
+        raise ValueError(f"config decoding.length_penalty must be a number from 0 to 5, not {penalty!r}")
+
+
+def check_shapes(weights: Path, config: ModelConfig) -> None:
+    """The weights' tensor names and shapes are what `config` builds: checked from the file's
+    header and a model on the meta device, so a wrong config allocates nothing."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build(config).state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        k = wrong[0]
+        raise ValueError(f"weights do not match the config: {k} is {found.get(k)} in the file, "
+                         f"{expected.get(k)} by the config")
+
+
 def load(folder: str | Path | None = None) -> Loaded:
     folder = Path(folder) if folder else default_dir()
     if not folder.is_dir():
@@ -84,8 +112,14 @@ def load(folder: str | Path | None = None) -> Loaded:
         raise KvcapError(f"not a kvcap model folder (missing {', '.join(missing)})", folder)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError("config.json is not a kvcap model config")
         model_cfg = ModelConfig.from_dict(config.pop("model"))
+        if model_cfg.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {model_cfg.arch!r}")
+        check_meta(config)
         vocab = Vocab.load(folder / "vocab.json")
+        check_shapes(folder / "model.safetensors", model_cfg)  # before anything is allocated
         state = load_file(str(folder / "model.safetensors"))
     except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
         raise KvcapError(f"damaged model folder ({exc})", folder) from None

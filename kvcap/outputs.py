@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -57,6 +58,35 @@ def atomic_path(target: Path, force: bool) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+PART = re.compile(r"^\.(?P<name>.+)\.part(?P<pid>\d+)(\.[^.]*)?$")  # atomic_path's temporary names
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_parts(folder: Path, recursive: bool = False) -> list[Path]:
+    """Remove temporary outputs that a killed kvcap left in `folder` (their writer is gone)."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(".*.part*") if recursive else folder.glob(".*.part*"):
+        m = PART.match(p.name)
+        if m and p.is_file() and not pid_alive(int(m["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def _write_text(target: Path, text: str, force: bool) -> Path:

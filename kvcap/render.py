@@ -132,7 +132,9 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
     """The video at its own size, rate and length with captions burned in; audio is kept.
     With no segments it is a plain H.264/AAC copy that browsers play. `on_progress` gets
     the seconds rendered so far."""
-    width, height = info.width - info.width % 2, info.height - info.height % 2  # yuv420p needs even sizes
+    # yuv420p needs even sizes: crop the odd last row/column; a video under 2 pixels is scaled to 2
+    width, height = max(2, info.width - info.width % 2), max(2, info.height - info.height % 2)
+    scale = info.width < 2 or info.height < 2
     timeline = Timeline(segments, width, height)
     rate = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
     with atomic_path(target, force) as tmp, av.open(str(tmp), "w", format="mp4") as out:
@@ -142,9 +144,9 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
         audio = _AudioCopy(info.path, out) if info.has_audio else None
         with progress_bar(f"렌더링 (mp4) {info.path.name}", total=info.duration or None, enabled=progress,
                           counts=False) as advance:
-            last, last_pts = 0.0, -1
+            last, last_pts, video_end = 0.0, -1, 0.0
             for f in frames(info):
-                rgb = f.rgb()[:height, :width]
+                rgb = f.rgb(width, height) if scale else f.rgb()[:height, :width]
                 strip = timeline.at(f.time)
                 if strip is not None:
                     rgb = strip.draw(np.ascontiguousarray(rgb))
@@ -154,6 +156,7 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
                 frame.time_base = vout.codec_context.time_base
                 for packet in vout.encode(frame):
                     out.mux(packet)
+                video_end = f.time + 1.0 / float(rate)
                 if audio:
                     audio.mux_until(f.time)
                 advance(f.time - last)
@@ -163,7 +166,7 @@ def render_mp4(info: VideoInfo, segments: Sequence, target: Path, *, force: bool
             for packet in vout.encode():
                 out.mux(packet)
             if audio:
-                audio.finish()
+                audio.finish(video_end)
     return target
 
 
@@ -174,27 +177,35 @@ class _AudioCopy:
     def __init__(self, path: Path, out):
         self.container = av.open(str(path), metadata_errors="ignore")
         self.stream = self.container.streams.audio[0]
-        self.copy = self.stream.codec_context.name in COPY_AUDIO
+        # FFmpeg names some decoders apart from their codec ("mp3float" decodes mp3)
+        self.copy = self.stream.codec_context.name.removesuffix("float") in COPY_AUDIO
         if self.copy:
             self.out_stream = out.add_stream_from_template(self.stream)
         else:
             self.out_stream = out.add_stream("aac", rate=self.stream.codec_context.sample_rate or 48000)
         self.out = out
         self.packets = self.container.demux(self.stream)
+        self.next = None  # read, not yet muxed: it starts after the time asked for
         self.done = False
+        self.written = 0.0  # re-encoding: seconds of audio encoded so far
 
     def mux_until(self, t: float) -> None:
+        """Mux the packets that start before `t`."""
         while not self.done:
-            try:
-                packet = next(self.packets)
-            except (StopIteration, av.error.FFmpegError):
-                self.done = True
+            if self.next is None:
+                try:
+                    self.next = next(self.packets)
+                except (StopIteration, av.error.FFmpegError):
+                    self.done = True
+                    break
+                if self.next.dts is None:  # the demuxer's final flush packet
+                    self.next = None
+                    continue
+            packet = self.next
+            if packet.pts is not None and float(packet.pts * packet.time_base) >= t:
                 break
-            if packet.dts is None:  # the demuxer's final flush packet
-                continue
             self._mux(packet)
-            if packet.pts is not None and float(packet.pts * packet.time_base) > t:
-                break
+            self.next = None
 
     def _mux(self, packet) -> None:
         if self.copy:
@@ -206,16 +217,34 @@ class _AudioCopy:
         except av.error.FFmpegError:
             return
         for frame in decoded:
-            frame.pts = None
-            for p in self.out_stream.encode(frame):
-                self.out.mux(p)
+            # audio that did not decode (damage) becomes silence, so what follows stays in sync
+            if frame.time is not None and frame.time - self.written > 0.05:
+                self._encode(_silence(frame, frame.time - self.written))
+            self._encode(frame)
 
-    def finish(self) -> None:
-        self.mux_until(float("inf"))
+    def _encode(self, frame) -> None:
+        self.written += frame.samples / frame.sample_rate
+        frame.pts = None
+        for p in self.out_stream.encode(frame):
+            self.out.mux(p)
+
+    def finish(self, end: float) -> None:
+        """The audio up to `end` (where the video ends: the two never disagree in length)."""
+        self.mux_until(end)
         if not self.copy:
             for p in self.out_stream.encode():
                 self.out.mux(p)
         self.container.close()
+
+
+def _silence(like: av.AudioFrame, seconds: float) -> av.AudioFrame:
+    """`seconds` of silence in the format of `like`."""
+    frame = av.AudioFrame(format=like.format.name, layout=like.layout.name,
+                          samples=max(1, round(seconds * like.sample_rate)))
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate = like.sample_rate
+    return frame
 
 
 def render_gif(info: VideoInfo, segments: Sequence, target: Path, *, force: bool = False,

@@ -20,8 +20,10 @@ import csv
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from .errors import KvcapError
 from .features import FeatureCache, encode_files
 from .inputs import VIDEO_EXTS
 from .korean import Vocab
+from .outputs import pid_alive
 from .models import ModelConfig, build
 from .progress import note, progress_bar
 
@@ -72,7 +75,10 @@ class TrainConfig:
     dropout: float = 0.5
     max_len: int = 32
     attributes: bool = True  # ImageNet class scores as a second input (attend only)
-    styles: bool = True  # one caption style per dataset, predicted at inference (attend only)
+    # caption styles (attend only): "general" = one style for every dataset plus a "general"
+    # style of short captions to fall back on when unsure; "dataset" = also one per dataset,
+    # predicted per picture (the ablation found it hurt); "none"
+    styles: str = "general"
     source_weight: float = 0.2  # weight of the which-dataset loss that trains the style head
     video_frames: int = 8  # frames sampled from a video example
     quiet: bool = False
@@ -84,7 +90,7 @@ class Prepared:
     """Everything an epoch needs, built once: tokenised captions, features, vocabulary."""
     vocab: Vocab
     feats: list[torch.Tensor]  # per example (T, R, D) float16
-    pairs: list[tuple[int, list[int], int]]  # (example index, caption ids, style) of the training split
+    pairs: list[tuple[int, list[int], int]]  # (example index, caption ids, caption number) of the training split
     val: list[int]
     test: list[int]
     examples: list[datasets.Example]
@@ -92,14 +98,17 @@ class Prepared:
     tokens: list[list[list[str]]] = field(default_factory=list)  # per example, per caption
     sources: list[str] = field(default_factory=list)  # dataset names, in order
     general: bool = False  # some dataset marks short, general first captions
+    style_names: list[str] = field(default_factory=list)  # the model's sources: dataset names, or ["any"]
 
     def source_of(self, i: int) -> int:
         return self.sources.index(self.examples[i].source)
 
     def style_of(self, i: int, caption: int) -> int:
-        """The style a training caption teaches: its dataset's, or "general" (the last)."""
+        """The style a training caption teaches: its dataset's (or the one shared), or "general" (the last)."""
         ex = self.examples[i]
-        return len(self.sources) if ex.general_first and caption == 0 else self.source_of(i)
+        if ex.general_first and caption == 0:
+            return len(self.style_names)
+        return self.source_of(i) if len(self.style_names) > 1 else 0
 
     def by_source(self, indices: list[int]) -> dict[str, list[int]]:
         return {name: [i for i in indices if self.examples[i].source == name] for name in self.sources}
@@ -213,13 +222,22 @@ def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
     return prep
 
 
+def style_names(cfg: TrainConfig, sources: list[str], general: bool) -> list[str]:
+    """The model's `sources` for cfg.styles: dataset names, one shared style, or none."""
+    if cfg.arch != "attend" or cfg.styles == "none":
+        return []
+    if cfg.styles == "dataset" and (len(sources) > 1 or general):
+        return list(sources)
+    return ["any"] if cfg.styles == "general" and general else []
+
+
 def with_split(prep: Prepared, train: list[int], val: list[int], test: list[int], cfg: TrainConfig) -> Prepared:
     """The same data with another split: vocabulary and training pairs from `train` only."""
     vocab = Vocab.build([t for i in train for t in prep.tokens[i]], cfg.min_count)
-    pairs = [(i, vocab.encode(t)[: cfg.max_len - 1], prep.style_of(i, j))
+    pairs = [(i, vocab.encode(t)[: cfg.max_len - 1], j)
              for i in train for j, t in enumerate(prep.tokens[i])]
     return Prepared(vocab, prep.feats, pairs, list(val), list(test), prep.examples, prep.refs, prep.tokens,
-                    prep.sources, prep.general)
+                    prep.sources, prep.general, prep.style_names)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -233,7 +251,7 @@ def make_batch(prep: Prepared, items: list[tuple[int, list[int], int]], device: 
     for row, (_, ids, _) in enumerate(items):
         tokens_in[row, : len(ids) + 1] = torch.tensor([prep.vocab.bos_id] + ids)
         target[row, : len(ids) + 1] = torch.tensor(ids + [prep.vocab.eos_id])
-    style = torch.tensor([s for _, _, s in items])
+    style = torch.tensor([prep.style_of(i, j) for i, _, j in items])
     source = torch.tensor([prep.source_of(i) for i, _, _ in items])
     return (feats.to(device), mask.to(device), tokens_in.to(device), target.to(device), style.to(device),
             source.to(device))
@@ -247,7 +265,7 @@ def loss_fn(model, batch, label_smoothing: float = 0.0, source_weight: float = 0
     logits, memory = model(feats, mask, tokens_in, style if styled else None, return_memory=True)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=0,
                            label_smoothing=label_smoothing)
-    if styled and source_weight:
+    if len(core.config.sources) > 1 and source_weight:
         loss = loss + source_weight * F.cross_entropy(core.source_logits(memory[4]), source)
     return loss
 
@@ -255,7 +273,7 @@ def loss_fn(model, batch, label_smoothing: float = 0.0, source_weight: float = 0
 @torch.no_grad()
 def validation_loss(model, prep: Prepared, device, batch_size: int = 128) -> float:
     model.eval()
-    items = [(i, prep.vocab.encode(t)[: model.config.max_len - 1], prep.style_of(i, j))
+    items = [(i, prep.vocab.encode(t)[: model.config.max_len - 1], j)
              for i in prep.val for j, t in enumerate(prep.tokens[i])]
     total, count = 0.0, 0
     for s in range(0, len(items), batch_size):
@@ -306,6 +324,14 @@ def _save_checkpoint(folder: Path, model, opt, state: dict) -> None:
         old.rmdir()
 
 
+def _remove_stale_checkpoints(folder: Path) -> None:
+    """Half-written checkpoints (`checkpoint.tmp<pid>`, `.old<pid>`) of a process killed while saving."""
+    for p in folder.parent.glob(folder.name + ".*"):
+        m = re.fullmatch(re.escape(folder.name) + r"\.(tmp|old)(\d+)", p.name)
+        if m and p.is_dir() and not pid_alive(int(m[2])):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _load_checkpoint(folder: Path, model, opt) -> dict:
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     tensors = load_file(str(folder / "optim.safetensors"))
@@ -341,6 +367,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if not cfg.resume and (out / "config.json").exists():
             raise KvcapError("a model is already there (use --resume to continue it, or another --out)", out)
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_checkpoints(ckpt_dir)
     if prep is None:
         if world > 1 and rank != 0:
             torch.distributed.barrier()  # rank 0 fills the feature cache first; the others read it
@@ -348,13 +375,13 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if world > 1 and rank == 0:
             torch.distributed.barrier()
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
+    prep = replace(prep, style_names=style_names(cfg, prep.sources, prep.general))
 
     attend = cfg.arch == "attend"
-    styled = attend and cfg.styles and (len(prep.sources) > 1 or prep.general)
     mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
                        attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len,
                        classes=1000 if attend and cfg.attributes else 0,
-                       sources=list(prep.sources) if styled else [], general=bool(styled and prep.general))
+                       sources=list(prep.style_names), general=bool(prep.style_names and prep.general))
     torch.manual_seed(cfg.seed)
     model = build(mcfg)
     if mcfg.classes:

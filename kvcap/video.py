@@ -9,7 +9,7 @@ Headers are not trusted: duration and frame count come from what actually decode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +35,11 @@ class VideoInfo:
     container: str = ""  # FFmpeg's demuxer names, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
     audio_codec: str | None = None
     pix_fmt: str | None = None
+    damage: "Damage | None" = None  # set by the last decoding pass (frames())
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.damage.warnings(self.fps) if self.damage else []
 
 
 @dataclass
@@ -71,11 +76,21 @@ def _open(path: Path):
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError:
+        if _is_mp4(path):  # an MP4 whose index (written last) never made it: a cut-off download or copy
+            raise KvcapError("truncated MP4: the file ends before its index (moov), so nothing can be "
+                             "decoded", path, "truncated") from None
         raise KvcapError("not a video file (no known container format)", path, "not_video") from None
     except av.error.EOFError:
         raise KvcapError("zero-length video (the file ends right after its header)", path, "empty") from None
     except av.error.FFmpegError as exc:
         raise KvcapError(f"cannot open video ({exc.strerror or exc})", path, "damaged") from None
+
+
+def _is_mp4(path: Path) -> bool:
+    """An ISO media file (MP4, MOV, 3GP) starts with an `ftyp` box."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp"
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -106,9 +121,11 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
-    """Decode every frame once. A damaged stream ends with a KvcapError unless frames were
-    already decoded, in which case decoding stops there (a truncated file keeps its start)."""
+    """Decode every frame once. Packets that do not decode are skipped, as players do, and
+    what was lost is recorded in `info.damage`; a stream with no decodable frame at all
+    ends with a KvcapError."""
     path = info.path
+    damage = info.damage = Damage()
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads
@@ -119,18 +136,68 @@ def frames(info: VideoInfo, threads: int = 0) -> Iterator[Frame]:
         # scalers live as long as the stream: PyAV otherwise builds a new one for every frame
         scalers: dict = {}
         try:
-            for frame in container.decode(stream):
-                if frame.width * frame.height > MAX_PIXELS:
-                    raise KvcapError(f"frame size {frame.width}x{frame.height} is beyond the limit", path, "too_large")
-                t = float(frame.time) if frame.time is not None else index / info.fps
-                if t <= last_time:  # repeated or missing timestamps: keep time moving forward
-                    t = last_time + 1.0 / info.fps
-                last_time = t
-                yield Frame(index, t, frame, scalers)
-                index += 1
-        except av.error.FFmpegError as exc:
+            for packet in container.demux(stream):
+                damage.packets += packet.size > 0  # the last one is the decoder's flush
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    damage.bad_packet(packet)
+                    continue
+                for frame in decoded:
+                    if frame.width * frame.height > MAX_PIXELS:
+                        raise KvcapError(f"frame size {frame.width}x{frame.height} is beyond the limit", path, "too_large")
+                    t = float(frame.time) if frame.time is not None else index / info.fps
+                    if t <= last_time:  # repeated or missing timestamps: keep time moving forward
+                        t = last_time + 1.0 / info.fps
+                    last_time = t
+                    yield Frame(index, t, frame, scalers)
+                    index += 1
+        except av.error.FFmpegError as exc:  # the demuxer gave up: the rest of the file is lost
             if index == 0:
                 raise KvcapError(f"video data is damaged ({exc.strerror or exc})", path, "damaged") from None
+            damage.stopped_at = last_time + 1.0 / info.fps
         if index == 0:
+            if damage.bad:
+                raise KvcapError("video data is damaged: no frame could be decoded", path, "damaged")
             raise KvcapError("zero-length or damaged video: no frame could be decoded", path, "damaged")
+        damage.finish(stream, container.format.name, last_time + 1.0 / info.fps, info)
 
+
+@dataclass
+class Damage:
+    """What one decoding pass lost: packets that did not decode, and a missing end."""
+    packets: int = 0
+    bad: list[float] = field(default_factory=list)  # times of packets that did not decode
+    stopped_at: float | None = None  # where the file ended early, if it did
+    expected: float | None = None  # how long its index says it is
+
+    def bad_packet(self, packet) -> None:
+        if packet.pts is not None and packet.time_base is not None:
+            self.bad.append(float(packet.pts * packet.time_base))
+
+    def finish(self, stream, container: str, end: float, info: VideoInfo) -> None:
+        # an MP4/MOV index lists every sample: fewer packets than it lists means the data
+        # ends early (other containers' counts are not trusted: see plaza_crowd_broken_count.avi)
+        listed = stream.frames or 0
+        if "mp4" in container and listed and self.packets < listed and info.duration > end + 0.5:
+            self.stopped_at = end
+        if self.stopped_at is not None and info.duration > self.stopped_at:
+            self.expected = info.duration
+
+    def ranges(self, fps: float) -> list[tuple[float, float]]:
+        """Damaged stretches: bad packets less than a second apart form one."""
+        out: list[list[float]] = []
+        for t in sorted(self.bad):
+            if out and t - out[-1][1] <= 1.0:
+                out[-1][1] = t + 1.0 / fps
+            else:
+                out.append([t, t + 1.0 / fps])
+        return [(a, b) for a, b in out]
+
+    def warnings(self, fps: float) -> list[str]:
+        """What the user is told, one line each; empty when nothing was lost."""
+        out = [f"damaged at {a:.1f}–{b:.1f} s, captioned the rest" for a, b in self.ranges(fps)]
+        if self.stopped_at is not None:
+            of = f" of {self.expected:.1f} s" if self.expected else ""
+            out.append(f"truncated: the video ends at {self.stopped_at:.1f} s{of}, captioned up to there")
+        return out

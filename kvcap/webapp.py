@@ -43,6 +43,7 @@ MESSAGES = {  # what a person is told, by KvcapError.kind
     "no_video": "이 파일은 동영상이 아닙니다 (영상이 들어 있지 않습니다).",
     "empty": "빈 파일이거나 길이가 0인 동영상입니다.",
     "damaged": "동영상이 손상되어 읽을 수 없습니다.",
+    "truncated": "동영상 파일이 끝까지 저장되지 않아 읽을 수 없습니다 (잘린 파일).",
     "too_large": "화면 크기가 너무 큽니다 (최대 8K).",
     "internal": "처리 중 내부 오류가 났습니다.",
 }
@@ -75,8 +76,16 @@ def display_name(raw: str | None) -> str:
     return name[:200] or "video"
 
 
-def problem(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message, "kind": kind}, status_code=status)
+def problem(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message, "kind": kind}, status_code=status, headers=headers)
+
+
+RETRY_AFTER = 30  # seconds a client is asked to wait when the queue is full
+
+
+def busy() -> JSONResponse:
+    return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.",
+                   {"Retry-After": str(RETRY_AFTER)})
 
 
 class UploadTooLarge(Exception):
@@ -217,6 +226,8 @@ class JobStatus(BaseModel):
                                                                    "neighbouring shots got the same sentence")
     video: str | None = Field(None, description="When done: what a player should play")
     downloads: dict[str, str] | None = Field(None, description="When done: srt, vtt, json, mp4")
+    warnings: list[str] | None = Field(None, description="When done: parts of the video that could not be "
+                                       "decoded and were skipped (the rest is captioned)")
 
 
 class SearchHit(BaseModel):
@@ -244,7 +255,7 @@ def job_status(job: Job, runner: JobRunner) -> dict:
                         "detail": job.error}
     if job.status == "done":
         out.update(duration=job.duration, model=job.model, segments=job.segments, video=f"{base}/video",
-                   downloads={k: f"{base}/{k}" for k in OUTPUTS})
+                   downloads={k: f"{base}/{k}" for k in OUTPUTS}, warnings=job.warnings)
     return out
 
 
@@ -321,7 +332,7 @@ def create_app(settings: Settings, captioner) -> FastAPI:
                          503: {"model": Problem, "description": "The queue is full; try again later"}})
     async def create_job(request: Request):
         if runner.full():
-            return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.")
+            return busy()
         too_big = f"파일이 너무 큽니다 (최대 {size_text(settings.max_upload)})."
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_upload + 64 * 1024:
@@ -330,9 +341,15 @@ def create_app(settings: Settings, captioner) -> FastAPI:
         if ctype != b"multipart/form-data" or not params.get(b"boundary"):
             return problem(400, "bad_request", "multipart/form-data 형식으로 'file'을 보내 주세요.")
         target = store.new_upload()
+        try:
+            return await accept_upload(request, target, params[b"boundary"], too_big)
+        finally:  # an upload that became a job was moved into its folder; any other is removed now
+            target.unlink(missing_ok=True)
+
+    async def accept_upload(request: Request, target: Path, boundary: bytes, too_big: str):
         upload = _Upload(target, settings.max_upload)
         try:
-            parser = MultipartParser(params[b"boundary"], upload.callbacks())
+            parser = MultipartParser(boundary, upload.callbacks())
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()
@@ -342,24 +359,18 @@ def create_app(settings: Settings, captioner) -> FastAPI:
             return problem(400, "bad_request", "업로드가 중간에 끊겼거나 형식이 잘못되었습니다.")
         finally:
             upload.close()
-            if not upload.complete:
-                target.unlink(missing_ok=True)
         if not upload.complete:
             return problem(400, "bad_request", "'file' 항목이 없거나 중간에 끊겼습니다.")
         try:
             await run_in_threadpool(check_upload, target)
         except KvcapError as exc:
-            target.unlink(missing_ok=True)
             return problem(STATUS_CODES.get(exc.kind, 422), exc.kind, MESSAGES.get(exc.kind, exc.message))
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
         job = store.create(upload.name or "video", target)
         try:
             runner.submit(job)
         except QueueFull:
             store.delete(job.id)
-            return problem(503, "busy", "대기 중인 작업이 많습니다. 잠시 뒤 다시 올려 주세요.")
+            return busy()
         return JSONResponse({"id": job.id, "status": job.status, "url": f"/api/jobs/{job.id}"}, status_code=201,
                             headers={"Location": f"/api/jobs/{job.id}"})
 

@@ -23,9 +23,9 @@ from kvcap.captions import generate
 from kvcap.train import TrainConfig, fit, prepare
 
 ROWS = [
-    ("plain: koflickr + koscenes merged", dict(attributes=False, styles=False)),
-    ("+ ImageNet class scores (attributes)", dict(attributes=True, styles=False)),
-    ("+ attributes + dataset styles (default)", dict(attributes=True, styles=True)),
+    ("plain: koflickr + koscenes merged", dict(attributes=False, styles="none")),
+    ("+ ImageNet class scores (attributes)", dict(attributes=True, styles="none")),
+    ("+ attributes + dataset styles", dict(attributes=True, styles="dataset")),
 ]
 
 

@@ -22,8 +22,35 @@ HELDOUT_IMAGES = SHARED / "data" / "heldout_images"
 
 def need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"needs {path} (the project's shared data, not in the repository)")
+        message = f"needs {path} (the project's shared data, not in the repository)"
+        if os.environ.get("CI"):  # in CI a missing ../shared is a broken setup, not a reason to skip
+            pytest.fail(message + "; CI must have ../shared beside the clone")
+        pytest.skip(message)
     return path
+
+
+def decodable_end(path: Path) -> tuple[int, float]:
+    """Frames that decode (bad packets skipped) and where the last one ends: counted with PyAV
+    alone, apart from kvcap's own decoder, so tests can hold kvcap's durations against it."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        rate = float(stream.average_rate or 25)
+        n, end = 0, 0.0
+        for packet in c.demux(stream):
+            try:
+                for frame in packet.decode():
+                    n += 1
+                    end = max(end, float(frame.time) + 1 / rate if frame.time is not None else n / rate)
+            except av.error.FFmpegError:
+                pass
+    return n, end
+
+
+def stream_seconds(path: Path) -> dict[str, float]:
+    """Length of each stream of a file ("video", "audio"), from the stream, not the container
+    (whose duration follows the longest stream)."""
+    with av.open(str(path)) as c:
+        return {s.type: float(s.duration * s.time_base) for s in (*c.streams.video[:1], *c.streams.audio[:1])}
 
 
 @pytest.fixture(scope="session")
@@ -64,12 +91,13 @@ def _cache(tmp_path_factory):
 
 
 def make_video(path: Path, scenes: list[tuple[int, int, int]], seconds_each: float = 2.0, fps: int = 10,
-               size: tuple[int, int] = (160, 120), audio: bool = False, codec: str = "libx264") -> Path:
+               size: tuple[int, int] = (160, 120), audio: bool = False, codec: str = "libx264",
+               pix_fmt: str = "yuv420p") -> Path:
     """A video of flat-coloured scenes with moving stripes (hard cuts between scenes)."""
     w, h = size
     with av.open(str(path), "w") as out:
         vs = out.add_stream(codec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         if audio:
             aus = out.add_stream("aac", rate=22050)
         n = 0

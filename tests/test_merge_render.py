@@ -43,20 +43,46 @@ def test_shipped_font_draws_hangul():
     assert box is not None and box[2] - box[0] > 40  # real glyphs, not an empty or one-box string
 
 
-def test_font_without_hangul_is_refused(tmp_path, monkeypatch):
-    from PIL import ImageFont
+def _derived_font(tmp_path, name: str, *, latin_only: bool = False, wider: float = 1.0):
+    """A font made from the shipped one with fontTools: Latin letters only, or every advance
+    width stretched (the same glyphs, visibly spaced apart), so tests need no system font."""
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
 
-    latin = next((p for p in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",) if __import__("os").path.exists(p)), None)
-    if latin is None:
-        pytest.skip("no Latin-only system font to test with")
-    monkeypatch.setenv("KVCAP_FONT", latin)
+    font = TTFont(str(font_path()))
+    if latin_only:
+        sub = subset.Subsetter()
+        sub.populate(unicodes=range(0x20, 0x7F))
+        sub.subset(font)
+    for glyph, (advance, lsb) in font["hmtx"].metrics.items():
+        font["hmtx"].metrics[glyph] = (round(advance * wider), lsb)
+    path = tmp_path / name
+    font.save(str(path))
+    return path
+
+
+def test_font_without_hangul_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVCAP_FONT", str(_derived_font(tmp_path, "latin.ttf", latin_only=True)))
     _font.cache_clear()
     try:
         with pytest.raises(KvcapError, match="no Hangul"):
             _font(20)
     finally:
         _font.cache_clear()
-    assert ImageFont  # noqa
+
+
+def test_kvcap_font_with_hangul_is_used(tmp_path, monkeypatch):
+    shipped = CaptionStrip("두 남자가 길을 걷고 있다.", 640, 360)
+    custom = _derived_font(tmp_path, "wide.ttf", wider=1.4)
+    monkeypatch.setenv("KVCAP_FONT", str(custom))
+    _font.cache_clear()
+    try:
+        assert font_path() == custom
+        strip = CaptionStrip("두 남자가 길을 걷고 있다.", 640, 360)
+    finally:
+        _font.cache_clear()
+    inked = lambda s: np.flatnonzero(s.alpha[..., 0].max(axis=0) > 0.5)  # noqa: E731 - columns with text
+    assert np.ptp(inked(strip)) > 1.25 * np.ptp(inked(shipped))  # drawn with the wider font
 
 
 def test_long_captions_wrap_inside_the_frame():

@@ -114,6 +114,40 @@ def test_model_folder_roundtrip_and_no_code_execution(tmp_path):
     assert torch.allclose(model(feats, mask, tokens), half(feats, mask, tokens), atol=1e-2)
 
 
+class _Payload:
+    """Unpickling this creates a file: what a hostile pickled model would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_payload_in_a_model_folder_never_runs(tmp_path):
+    import pickle
+
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Payload(proof))).close()
+    assert proof.exists()  # the payload is real: unpickled, it writes a file
+
+    model = small("attend")
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>"] + [f"t{i}/NNG" for i in range(36)])
+    folder = modelfile.save(tmp_path / "m", model, vocab)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    (folder / "pytorch_model.bin").write_bytes(payload)  # beside the weights: never read
+    loaded = modelfile.load(folder)
+    assert isinstance(loaded.model, torch.nn.Module) and not marker.exists()
+    (folder / "model.safetensors").write_bytes(payload)  # in place of the weights: refused, not run
+    with pytest.raises(KvcapError, match="damaged"):
+        modelfile.load(folder)
+    torch.save({"x": _Payload(marker)}, folder / "model.safetensors")  # a torch checkpoint, the same
+    with pytest.raises(KvcapError, match="damaged"):
+        modelfile.load(folder)
+    assert not marker.exists()
+
+
 def test_damaged_model_folders_are_refused(tmp_path):
     model = small("show-tell")
     vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>"] + [f"t{i}/NNG" for i in range(36)])

@@ -10,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
+
+from conftest import MULTIMODAL, need
 
 from kvcap import modelfile
 from kvcap.train import TrainConfig, fit
@@ -78,9 +82,14 @@ def test_resume_after_kill_9(koflickr, reference_run, tmp_path):
     time.sleep(0.3)  # somewhere inside epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not any(p.name.startswith(".") and "tmp" in p.name for p in out.iterdir())
+    # what a kill in the middle of saving leaves (the names the code writes to, then renames)
+    stale = out / "checkpoint.tmp999999999"
+    stale.mkdir(exist_ok=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     done = kvcap(*args, "--resume")
     assert done.returncode == 0, done.stderr
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith("checkpoint.") or ".tmp" in p.name]
+    assert leftovers == [], leftovers
     assert same_weights(out / "checkpoint", reference_run[0] / "checkpoint")
     assert same_weights(out, reference_run[0])
 
@@ -132,6 +141,12 @@ def test_evaluate_cli_scores_the_model_and_baselines(koflickr, reference_run, tm
     assert 0.3 < baselines["human"]["noun_precision"] <= 1.0  # people agree on most of what they name
     table = kvcap("evaluate", str(subset), "--root", str(koflickr.parent), "--model", str(out), "--quiet")
     assert "CIDEr-D" in table.stdout and "test split" in table.stdout and "noun-P" in table.stdout
+    ids = json.loads((out / "split.json").read_text())["datasets"]["koflickr"]
+    for split, n in (("validation", len(ids["validation"])), ("all", 160)):
+        r = kvcap("evaluate", str(subset), "--root", str(koflickr.parent), "--model", str(out), "--split", split,
+                  "--json", "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert next(iter(json.loads(r.stdout)["datasets"].values()))["n"] == n, split
     bad = kvcap("evaluate", str(tmp_path / "nope.json"), "--model", str(out), "--quiet")
     assert bad.returncode == 2 and "no such file" in bad.stderr
 
@@ -229,3 +244,56 @@ def test_calibrate_refits_a_models_confidence(two_dataset_run, tmp_path):
     assert json.loads(r.stdout) == again  # it prints what it stored
     missing = kvcap("calibrate", str(manifest), "--model", str(tmp_path / "nope"), "--quiet")
     assert missing.returncode == 2 and "model folder not found" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- other layouts, patience
+
+
+def _jsonl(koflickr: Path, folder: Path) -> Path:
+    records = sorted(json.loads(koflickr.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))[:40]
+    lines = [json.dumps({"media": str(koflickr.parent / r["file_path"]), "captions": r["caption_ko"]},
+                        ensure_ascii=False) for r in records]
+    (folder / "mine.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    return folder / "mine.jsonl"
+
+
+def _multimodal_frames(folder: Path) -> Path:
+    """The sample label's first shot, with frames the test writes (the clips are not shared)."""
+    label = json.loads(need(MULTIMODAL).read_text(encoding="utf-8"))
+    shot = label["shot_infos"][0]
+    rng = np.random.default_rng(0)
+    (folder / shot["image_folder"]).mkdir()
+    for info in shot["visual_infos"]:
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / shot["image_folder"] /
+                                                                             info["image_id"])
+    return MULTIMODAL
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "aihub-multimodal"])
+def test_train_cli_reads_jsonl_and_aihub_multimodal(fmt, koflickr, tmp_path):
+    data = _jsonl(koflickr, tmp_path) if fmt == "jsonl" else _multimodal_frames(tmp_path)
+    out = tmp_path / "model"
+    r = kvcap("train", str(data), "--format", fmt, "--root", str(tmp_path), "--out", str(out), "--epochs", "1",
+              *SMALL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    split = json.loads((out / "split.json").read_text())["datasets"]
+    (name, part), = split.items()
+    n = 40 if fmt == "jsonl" else 53
+    assert len(part["test"]) + len(part["validation"]) < n and len(part["test"]) >= 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"][0]["format"] == fmt and config["epoch"] == 1
+    assert modelfile.load(out).vocab  # a model that loads
+
+
+def test_patience_stops_training_after_that_many_epochs_without_a_better_score(koflickr, tmp_path):
+    out = tmp_path / "patient"
+    r = kvcap("train", str(koflickr), "--out", str(out), "--epochs", "8", "--patience", "1", "--select", "loss",
+              "--lr", "0.2", *SMALL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    losses = [float(row["val_loss"]) for row in csv.DictReader(open(out / "train_log.csv"))]
+    best = [min(losses[: i + 1]) for i in range(len(losses))]
+    improved = [i == 0 or losses[i] < best[i - 1] for i in range(len(losses))]
+    # with patience 1: every epoch but the last improved, and the last did not, or was the 8th
+    assert all(improved[:-1]) and (not improved[-1] or len(losses) == 8)
+    assert len(losses) < 8, losses  # at this lr validation turns worse by epoch 7 (seeded: the same run every time)
+    assert json.loads((out / "config.json").read_text())["epoch"] == losses.index(min(losses)) + 1

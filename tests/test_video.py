@@ -5,7 +5,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import make_audio_only
+from conftest import decodable_end, make_audio_only
 from kvcap.errors import KvcapError
 from kvcap.video import MAX_PIXELS, frames, probe
 
@@ -26,6 +26,7 @@ def test_probe_and_decode_real_video(videos):
 def test_header_that_lies_about_frame_count(videos):
     info = probe(videos / "plaza_crowd_broken_count.avi")
     assert sum(1 for _ in frames(info)) == 341  # the header claims 682
+    assert info.warnings == []  # an AVI's count is not trusted: this is not called truncated
 
 
 def test_gif_decodes(videos):
@@ -54,26 +55,55 @@ def test_bad_inputs_raise_one_clear_error(tmp_path, maker, message):
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
-def test_truncated_video_keeps_its_start_or_fails_cleanly(tmp_path, videos):
-    data = (videos / "street_bikes.mp4").read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 3])
-    try:
-        n = sum(1 for _ in frames(probe(cut)))
-    except KvcapError as exc:  # moov atom at the end: nothing to decode, said in one line
-        assert "\n" not in str(exc)
-    else:
-        assert 0 < n < 250
+def test_truncated_mp4_without_its_index_is_called_truncated(tmp_path, videos):
+    data = (videos / "street_bikes.mp4").read_bytes()  # its index (moov) is written last
+    cut = _write(tmp_path / "cut.mp4", data[: len(data) // 3])
+    with pytest.raises(KvcapError) as err:
+        probe(cut)
+    assert err.value.kind == "truncated" and "truncated MP4" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_corrupt_middle_still_decodes(tmp_path, videos):
-    data = bytearray((videos / "multishot_4cuts.mp4").read_bytes())
-    rng = np.random.default_rng(0)
-    mid = len(data) // 2
-    data[mid : mid + 20000] = rng.integers(0, 256, 20000, dtype=np.uint8).tobytes()
-    bad = tmp_path / "corrupt.mp4"
-    bad.write_bytes(bytes(data))
-    assert sum(1 for _ in frames(probe(bad))) > 100
+def test_truncated_mp4_keeps_its_start_and_says_where_it_ends(tmp_path, videos):
+    data = (videos / "office_people_entering.mp4").read_bytes()  # index first: the start decodes
+    cut = _write(tmp_path / "cut.mp4", data[: int(len(data) * 0.3)])
+    info = probe(cut)
+    decoded = list(frames(info))
+    n, end = decodable_end(cut)
+    # all that decodes, of the 1394 frames its index lists (threaded decoding may drop the one
+    # frame in flight when the cut-off packet fails)
+    assert n - 1 <= len(decoded) <= n and 300 < n < 1394
+    ends = decoded[-1].time + 1 / info.fps
+    assert ends == pytest.approx(end, abs=0.11)
+    assert info.warnings == [f"truncated: the video ends at {ends:.1f} s of 139.4 s, captioned up to there"]
+
+
+def _damage(path, start: float, size: int, out, random: bool = True):
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * start)
+    noise = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes() if random else bytes(size)
+    data[at : at + size] = noise
+    return _write(out, bytes(data))
+
+
+def test_corrupt_middle_skips_the_bad_packets(tmp_path, videos):
+    bad = _damage(videos / "multishot_4cuts.mp4", 0.5, 20000, tmp_path / "corrupt.mp4")
+    info = probe(bad)
+    decoded = list(frames(info))
+    n, end = decodable_end(bad)
+    assert n - 1 <= len(decoded) <= n and n >= 490  # of 500: only the frames of the bad packets are lost
+    assert decoded[-1].time == pytest.approx(19.96, abs=0.05)  # decoding went on to the end
+    assert len(info.warnings) == 1 and info.warnings[0].startswith("damaged at 10.")
+
+
+def test_zeroed_middle_is_skipped_and_reported(tmp_path, videos):
+    data = (videos / "cockatoo.mp4").read_bytes()
+    bad = _damage(videos / "cockatoo.mp4", 1 / 3, len(data) // 2 - len(data) // 3, tmp_path / "zeroed.mp4",
+                  random=False)
+    info = probe(bad)
+    times = [f.time for f in frames(info)]
+    assert times[-1] == pytest.approx(13.95, abs=0.05)  # not 3.35 s: the rest after the damage decodes
+    assert info.warnings == ["damaged at 4.5–7.0 s, captioned the rest"]
+    assert not any(4.6 < t < 6.9 for t in times)
 
 
 def test_zero_frame_video(tmp_path):

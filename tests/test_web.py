@@ -2,9 +2,12 @@
 results, bad uploads, path traversal, load, the queue, restart, cleanup."""
 from __future__ import annotations
 
+import base64
 import http.client
+import os
 import json
 import re
+import shutil
 import socket
 import threading
 import time
@@ -16,8 +19,8 @@ import pytest
 import srt
 import webvtt
 
-from conftest import Server, make_audio_only, make_video, need, upload, wait_job
-from kvcap.jobs import Job, JobRunner, JobStore, QueueFull
+from conftest import Server, make_audio_only, make_video, need, stream_seconds, upload, wait_job
+from kvcap.jobs import JobStore, new_id
 
 HANGUL = re.compile(r"[가-힣]")
 
@@ -64,7 +67,8 @@ def test_upload_caption_and_download(web, videos):
     with av.open(str(out)) as c:
         s = c.streams.video[0]
         assert (s.codec_context.width, s.codec_context.height) == (640, 360)
-        assert abs(float(c.duration / 1e6) - 20.0) < 0.3 and c.streams.audio
+        assert c.streams.audio
+    assert stream_seconds(out)["video"] == pytest.approx(20.0, abs=0.05)  # the video stream's own length
 
     # the player's file: the upload itself (H.264 in MP4 plays in browsers), seekable by range
     part = get("video", headers={"Range": "bytes=100-199"})
@@ -136,6 +140,50 @@ def test_malformed_uploads(web):
     assert not list((web.data / "uploads").iterdir())
 
 
+def test_uploads_that_become_no_job_leave_no_file(web, videos):
+    """The file part arrives whole, then the request fails: a malformed trailing part, or a
+    client that promised far more bytes than it sent and went away."""
+    head = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\r\n"
+    whole = head + (videos / "desk_window_short.mp4").read_bytes() + b"\r\n--XyZ\r\n"
+    r = httpx.post(f"{web.url}/api/jobs", content=whole + b"\x01\x02 not a header\r\n\r\n",
+                   headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 400
+    assert not list((web.data / "uploads").iterdir())
+
+    host, port = web.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (len(whole) + 1_000_000) + whole)
+        time.sleep(0.5)  # the server has the whole file part, and waits for the rest
+    deadline = time.monotonic() + 10
+    while list((web.data / "uploads").iterdir()):
+        assert time.monotonic() < deadline, "upload left behind after the client went away"
+        time.sleep(0.1)
+
+
+def test_stale_uploads_are_swept(tmp_path):
+    store = JobStore(tmp_path)
+    old, fresh = store.new_upload(), store.new_upload()
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # no byte for two hours
+    store.cleanup(max_age=24 * 3600)
+    assert not old.exists() and fresh.exists()
+
+
+def test_damaged_video_is_captioned_with_warnings(web, tmp_path, videos):
+    data = bytearray((videos / "cockatoo.mp4").read_bytes())
+    data[len(data) // 3 : len(data) // 2] = bytes(len(data) // 2 - len(data) // 3)
+    bad = tmp_path / "zeroed.mp4"
+    bad.write_bytes(bytes(data))
+    job = wait_job(web.url, upload(web.url, bad).json()["id"])
+    assert job["status"] == "done" and job["warnings"] == ["damaged at 4.5–7.0 s, captioned the rest"]
+    assert job["segments"][-1]["end"] == pytest.approx(14.0, abs=0.06)
+    out = tmp_path / "captioned.mp4"
+    out.write_bytes(httpx.get(f"{web.url}/api/jobs/{job['id']}/mp4").content)
+    assert stream_seconds(out)["video"] == pytest.approx(14.0, abs=0.06)
+
+
 def test_delete_job(web, videos):
     job_id = upload(web.url, videos / "desk_window_short.mp4").json()["id"]
     assert wait_job(web.url, job_id)["status"] == "done"
@@ -197,9 +245,15 @@ def test_path_traversal_is_refused(web, videos):
 
 def test_job_ids_are_random(web, videos):
     ids = [upload(web.url, videos / "desk_window_short.mp4").json()["id"] for _ in range(3)]
-    assert len(set(ids)) == 3 and all(len(i) == 22 for i in ids)  # 128 random bits each
     for i in ids:
         wait_job(web.url, i)
+    assert len(set(ids)) == 3 and all(len(i) == 22 for i in ids)
+    # unguessable, not counted: no two share more than a chance prefix, and over many ids the
+    # 128 bits of each are set about half the time (a counter sets a handful)
+    assert all(os.path.commonprefix([a, b]).__len__() < 4 for a in ids for b in ids if a != b)
+    bits = [bin(int.from_bytes(base64.urlsafe_b64decode(new_id() + "=="), "big")).count("1") for _ in range(500)]
+    assert len(base64.urlsafe_b64decode(ids[0] + "==")) == 16
+    assert 60 < sum(bits) / len(bits) < 68 and min(bits) > 30
 
 
 def test_status_under_load_and_queue(web, videos):
@@ -279,6 +333,8 @@ def test_restart_keeps_finished_and_fails_unfinished(tmp_path, videos):
         vtt_before = httpx.get(f"{server.url}/api/jobs/{done_id}/vtt").text
         busy_id = upload(server.url, videos / "office_people_entering.mp4").json()["id"]
         wait_job(server.url, busy_id, until=("running",), timeout=60)
+        queued_id = upload(server.url, videos / "carphone_tiny.mp4").json()["id"]
+        assert httpx.get(f"{server.url}/api/jobs/{queued_id}").json()["status"] == "queued"
         time.sleep(1.0)
     finally:
         server.stop(kill=True)  # SIGKILL mid-job: no chance to tidy up
@@ -293,6 +349,8 @@ def test_restart_keeps_finished_and_fails_unfinished(tmp_path, videos):
         assert busy["status"] == "failed" and busy["error"]["kind"] == "restarted"
         assert "다시 시작" in busy["error"]["message"]
         assert not list((data / "jobs" / busy_id).iterdir())  # partial outputs removed
+        queued = httpx.get(f"{server.url}/api/jobs/{queued_id}").json()  # waiting when the server died
+        assert queued["status"] == "failed" and queued["error"]["kind"] == "restarted"
     finally:
         server.stop()
 
@@ -330,14 +388,30 @@ def test_old_jobs_are_removed(tmp_path):
     assert [j.id for j in JobStore(tmp_path).list()] == [jobs[2]]  # removed from the database too
 
 
-def test_queue_is_bounded(tmp_path):
-    runner = JobRunner(JobStore(tmp_path), captioner=None, queue_size=2)
-    runner.submit(Job("a" * 22, "a"))
-    runner.submit(Job("b" * 22, "b"))
-    assert runner.full()
-    with pytest.raises(QueueFull):
-        runner.submit(Job("c" * 22, "c"))
-    assert runner.position("b" * 22) == 2
+def test_full_queue_answers_503_with_retry_after_and_serve_options(tmp_path, videos):
+    """A server with --queue 1 refuses a third upload while one job runs and one waits
+    (503, Retry-After); the jobs it ran used its --model and --segments."""
+    from kvcap import modelfile
+
+    model = tmp_path / "my-model"
+    shutil.copytree(modelfile.default_dir(), model)
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "name": "my-model"}), encoding="utf-8")
+    server = Server(tmp_path / "data", "--queue", "1", "--model", str(model), "--segments", "fixed:3")
+    try:
+        first = upload(server.url, videos / "street_bikes.mp4").json()["id"]
+        wait_job(server.url, first, until=("running",), timeout=60)
+        second = upload(server.url, videos / "carphone_tiny.mp4")
+        assert second.status_code == 201
+        third = upload(server.url, videos / "desk_window_short.mp4")
+        assert third.status_code == 503 and third.json()["kind"] == "busy"
+        assert third.headers["retry-after"] == "30"
+        done = wait_job(server.url, first)
+        assert done["status"] == "done" and done["model"] == "my-model"
+        assert all(round(s["start"], 3) % 3 == 0 for s in done["segments"])  # fixed 3-second windows
+        assert not list((tmp_path / "data" / "uploads").iterdir())  # the refused upload left nothing
+    finally:
+        server.stop(kill=True)
 
 
 def test_serve_refuses_bad_options(tmp_path):
@@ -369,6 +443,23 @@ def test_player_gets_a_browser_playable_copy(web, videos):
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.name == "h264"
         assert c.streams.video[0].codec_context.format.name == "yuv420p"
+
+
+@pytest.mark.parametrize("name, codec, pix_fmt", [("clip.mkv", "libx264", "yuv420p"),
+                                                   ("clip444.mp4", "libx264", "yuv444p")])
+def test_mkv_and_444_uploads_get_a_player_copy(web, tmp_path, name, codec, pix_fmt):
+    """Browsers play neither H.264 in Matroska nor H.264 4:4:4: the player gets a yuv420p MP4."""
+    path = make_video(tmp_path / name, [(200, 30, 30), (30, 200, 30)], seconds_each=1.5, pix_fmt=pix_fmt)
+    job = wait_job(web.url, upload(web.url, path).json()["id"])
+    assert job["status"] == "done", job
+    r = httpx.get(f"{web.url}{job['video']}")
+    assert r.headers["content-type"] == "video/mp4" and r.content != path.read_bytes()
+    out = tmp_path / "player.mp4"
+    out.write_bytes(r.content)
+    with av.open(str(out)) as c:
+        assert c.format.name.startswith("mov,mp4")
+        assert (c.streams.video[0].codec_context.name, c.streams.video[0].codec_context.format.name) == (
+            "h264", "yuv420p")
 
 
 def test_synthetic_multiscene_upload(web, tmp_path):

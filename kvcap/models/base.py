@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 
+LIMITS = {"vocab_size": 1 << 20, "max_len": 512}  # others: at most 16384 (far above any real model)
+
+
 @dataclass
 class ModelConfig:
     arch: str = "attend"  # "attend" or "show-tell"
@@ -40,11 +43,28 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """A config read from JSON, each value checked for its type and range (ValueError)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the model config must be an object, not {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
-        return cls(**data)
+        for key, value in data.items():
+            want = known[key].type
+            ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+                  "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                  "str": isinstance(value, str), "bool": isinstance(value, bool),
+                  "list": isinstance(value, list) and all(isinstance(v, str) for v in value)}[want]
+            if not ok:
+                raise ValueError(f"config {key} must be {want}, not {value!r}")
+        config = cls(**data)
+        for key in ("vocab_size", "feature_dim", "embed_dim", "hidden_dim", "attn_dim", "max_len"):
+            if not 1 <= getattr(config, key) <= LIMITS.get(key, 1 << 14):
+                raise ValueError(f"config {key} {getattr(config, key)} is out of range")
+        if not 0 <= config.dropout < 1 or config.classes not in (0, 1000):
+            raise ValueError("config dropout must be in [0, 1) and classes 0 or 1000")
+        return config
 
     @property
     def n_styles(self) -> int:

@@ -203,12 +203,23 @@ function showResult(job, seekTo) {
       text.className = "text";
       text.textContent = seg.text;
       button.append(span, text);
+      if (seg.confidence !== undefined) {  // calibrated: expected share of the caption's nouns that are right
+        const sure = document.createElement("span");
+        sure.className = "confidence";
+        sure.textContent = `확신도 ${Math.round(seg.confidence * 100)}%`;
+        button.append(sure);
+      }
       button.addEventListener("click", () => seek(seg.start));
       li.dataset.index = i;
       li.append(button);
       list.append(li);
     });
     $("segment-count").textContent = `(${job.segments.length})`;
+    // a damaged upload: the rest was captioned; say which part was skipped
+    const warnings = job.warnings || [];
+    $("warnings").textContent = warnings.length
+      ? `영상 일부가 손상되어 그 부분은 건너뛰고 나머지에 자막을 달았습니다 (${warnings.join("; ")}).` : "";
+    show("warnings", warnings.length > 0);
     for (const a of $("downloads").querySelectorAll("a")) a.href = `${base}/${a.dataset.kind}?download=1`;
   }
   if (seekTo !== undefined) seek(seekTo);
