@@ -60,7 +60,8 @@ def ensure_writable(folder: Path) -> None:
 def caption(
     inputs: List[str] = typer.Argument(..., help="Videos, images, folders or globs."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
-    format: str = typer.Option("srt,vtt,json,mp4", "--format", "-f", help="Outputs: srt,vtt,json,mp4,gif."),
+    format: str = typer.Option("srt,vtt,json,mp4", "--format", "-f",
+                               help="Outputs: srt,vtt,json,mp4,gif,ad (ad: spoken audio description, see describe)."),
     gif: bool = typer.Option(False, "--gif", help="Also write a captioned GIF."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line per input on stdout instead of text."),
@@ -75,6 +76,8 @@ def caption(
     """Caption videos and images; write subtitles, JSON and captioned video."""
     from .captioner import Captioner
     from .outputs import output_path, output_stems, remove_stale_parts, timestamp, write_text_outputs
+    from .describe import describe as describe_video
+    from .describe import output_paths as ad_paths
     from .render import check_font, render_gif, render_mp4
     from .shots import SegmentSpec
     from .inputs import is_image
@@ -104,8 +107,9 @@ def caption(
                 raise KvcapError("no such file", path)
             # refuse to clobber before any work, so no time is lost and a partial set never appears
             wanted = [f for f in formats if not (is_image(path) and f != "json")]
-            for f in wanted:
-                target = output_path(out, path, f, stem)
+            targets = [t for f in wanted for t in (ad_paths(out, stem).values() if f == "ad"
+                                                   else [output_path(out, path, f, stem)])]
+            for target in targets:
                 if target.is_dir():
                     raise KvcapError("a folder is where this output goes", target)
                 if target.exists() and not force:
@@ -124,6 +128,8 @@ def caption(
             if "gif" in wanted:
                 render_gif(result.info, result.segments, output_path(out, path, "gif", stem), force=force,
                            progress=not quiet)
+            if "ad" in wanted:
+                describe_video(result.info, result.segments, out, stem, force=force)
             for warning in getattr(result, "warnings", []):  # damaged: the rest was captioned, but say so
                 failed += 1
                 fail(f"{path}: {warning}")
@@ -145,6 +151,63 @@ def caption(
             failed += 1
             log = crash_report(exc, f"kvcap caption {path}")
             fail(f"{path}: internal error ({exc.__class__.__name__}: {exc}); the full report is in {log}")
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def describe(
+    inputs: List[str] = typer.Argument(..., help="Videos (captioned first), or kvcap JSON / SRT captions "
+                                       "(corrected by a person) of a video."),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
+    video: Optional[Path] = typer.Option(None, "--video", help="The video of JSON/SRT captions (default: the one "
+                                         "the JSON names, or beside the SRT with the same name)."),
+    voice: str = typer.Option("ko", "--voice", help="espeak-ng voice (ko: Korean)."),
+    rate: int = typer.Option(170, "--rate", help="Speaking rate in words per minute (sped up to 1.35x to fit)."),
+    extended: bool = typer.Option(False, "--extended", help="Also a video that holds its picture until each "
+                                  "description ends (WCAG 1.2.7): .extended.mp4, with shifted .extended.vtt."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder for videos (default: shipped)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Audio description (화면해설): the captions spoken in Korean over the video, on a second audio track."""
+    from .describe import describe as describe_video
+    from .describe import load_captions
+    from .outputs import timestamp
+    from .video import frames, probe
+
+    try:
+        at_least("--rate", rate, 80)
+        if rate > 400:
+            raise KvcapError(f"bad --rate {rate}: at most 400 words per minute")
+        ensure_writable(out)
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    captioner = None
+    failed = 0
+    paths = expand_inputs(inputs)
+    for path in paths:
+        try:
+            if path.suffix.lower() in (".json", ".srt"):
+                source, cues = load_captions(path, video)
+                info = probe(source)
+                for _ in frames(info):  # its real length, not the header's
+                    pass
+                segments, stem = cues, source.stem
+            else:
+                if captioner is None:
+                    from .captioner import Captioner
+
+                    captioner = Captioner.from_pretrained(model)
+                result = captioner.caption_video(path, progress=not quiet)
+                info, segments, stem = result.info, result.segments, path.stem
+            placed = describe_video(info, segments, out, stem, force=force, voice=voice, wpm=rate, extended=extended)
+            for d in placed:
+                print(f"{timestamp(d.start)} → {timestamp(d.end)}  {d.text}", flush=True)
+        except KvcapError as exc:
+            failed += 1
+            fail(str(exc))
     if failed:
         raise typer.Exit(2)
 

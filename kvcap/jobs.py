@@ -34,7 +34,10 @@ log = logging.getLogger("kvcap.jobs")
 
 # what a job can hand out, and the file behind each: nothing else in a job folder is served
 OUTPUT_STEM = "captions"  # text outputs are named as `kvcap caption` names them, after this stem
-OUTPUTS = {**{fmt: f"{OUTPUT_STEM}.{fmt}" for fmt in TEXT_FORMATS}, "mp4": "captioned.mp4"}
+OUTPUTS = {**{fmt: f"{OUTPUT_STEM}.{fmt}" for fmt in TEXT_FORMATS}, "mp4": "captioned.mp4",
+           # audio description (describe.py names them after the stem), and the player's copy of it
+           "descriptions": f"{OUTPUT_STEM}.descriptions.vtt", "described": f"{OUTPUT_STEM}.described.mp4",
+           "described-video": "described-player.mp4"}
 PREVIEW = "preview.mp4"  # a plain H.264 copy, made only when browsers cannot play the upload
 INPUT = "input"
 STAGES = ("queued", "decode", "shots", "captions", "render", "done")
@@ -45,10 +48,10 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT, status TEXT, stage TEXT, created REAL, finished REAL,
     error TEXT, error_kind TEXT, duration REAL, segments TEXT, model TEXT, video TEXT, video_type TEXT,
-    warnings TEXT);
+    warnings TEXT, described INTEGER);
 """
 COLUMNS = ("id", "name", "status", "stage", "created", "finished", "error", "error_kind", "duration", "segments",
-           "model", "video", "video_type", "warnings")
+           "model", "video", "video_type", "warnings", "described")
 JSON_COLUMNS = ("segments", "warnings")
 
 
@@ -77,6 +80,7 @@ class Job:
     video: str | None = None  # file the player gets: INPUT or PREVIEW
     video_type: str | None = None  # its media type
     warnings: list[str] | None = None  # done, but parts of the video could not be decoded
+    described: bool | None = None  # done with an audio description (the server has a voice)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,8 +110,10 @@ class JobStore:
         self._db = sqlite3.connect(str(self.root / "jobs.sqlite"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        if "warnings" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # a store from 0.1
-            self._db.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT")
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in (("warnings", "TEXT"), ("described", "INTEGER")):  # a store from an earlier kvcap
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._jobs: dict[str, Job] = {}
         self._recover()
 
@@ -117,6 +123,8 @@ class JobStore:
         """Load every job; what was queued or running when the last process died has failed."""
         for row in self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs"):
             values = {k: json.loads(v) if k in JSON_COLUMNS and v else v for k, v in zip(COLUMNS, row)}
+            if values["described"] is not None:
+                values["described"] = bool(values["described"])  # SQLite keeps it as 0/1
             job = Job(**values, progress=1.0 if values["status"] == "done" else 0.0)
             if job.status in ("queued", "running"):
                 job.status, job.stage, job.error, job.error_kind = "failed", "failed", RESTARTED, "restarted"
@@ -308,13 +316,14 @@ class JobRunner:
             shown = dataclasses.replace(result, path=Path(store.get(job_id).name))
             write_text_outputs(shown, folder, TEXT_FORMATS, force=True, stem=OUTPUT_STEM)
             self._render(job_id, info, result.segments)
+            described = self._describe(folder, info, result.segments)
         except KvcapError as exc:
             store.update(job_id, status="failed", stage="failed", finished=time.time(), error=exc.message,
                          error_kind=exc.kind)
             return
         store.update(job_id, status="done", stage="done", progress=1.0, finished=time.time(),
                      duration=round(info.duration, 3), segments=[s.to_dict() for s in result.segments],
-                     model=result.model, warnings=result.warnings or None,
+                     model=result.model, warnings=result.warnings or None, described=described,
                      **self._player_file(info))
         if self.on_done:
             try:
@@ -342,6 +351,19 @@ class JobRunner:
         render_mp4(info, segments, folder / OUTPUTS["mp4"], force=True, on_progress=report(0.0))
         if preview:  # the player shows captions as a track it can hide, so it needs them unburned
             render_mp4(info, [], folder / PREVIEW, force=True, on_progress=report(info.duration))
+
+    @staticmethod
+    def _describe(folder: Path, info: VideoInfo, segments) -> bool:
+        """Audio description beside the captions; a server without a voice (espeak-ng) still
+        captions, and its jobs just have no description."""
+        from .describe import describe
+
+        try:
+            describe(info, segments, folder, OUTPUT_STEM, force=True, player=folder / OUTPUTS["described-video"])
+        except KvcapError as exc:
+            log.warning("no audio description: %s", exc)
+            return False
+        return True
 
 
 def check_upload(path: Path) -> VideoInfo:

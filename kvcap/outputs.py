@@ -20,7 +20,7 @@ import webvtt
 from .errors import KvcapError
 
 TEXT_FORMATS = ("srt", "vtt", "json")
-MEDIA_FORMATS = ("mp4", "gif")
+MEDIA_FORMATS = ("mp4", "gif", "ad")  # ad: audio description (describe.py), three files
 ALL_FORMATS = TEXT_FORMATS + MEDIA_FORMATS
 
 

@@ -48,7 +48,9 @@ MESSAGES = {  # what a person is told, by KvcapError.kind
     "internal": "처리 중 내부 오류가 났습니다.",
 }
 STATUS_CODES = {"not_video": 415, "audio_only": 415, "no_video": 415}  # the rest: 422
-DOWNLOAD_NAMES = {"srt": ".srt", "vtt": ".vtt", "json": ".json", "mp4": ".captioned.mp4"}
+CAPTION_OUTPUTS = ("srt", "vtt", "json", "mp4")  # every finished job has these
+DOWNLOAD_NAMES = {"srt": ".srt", "vtt": ".vtt", "json": ".json", "mp4": ".captioned.mp4",
+                  "descriptions": ".descriptions.vtt", "described": ".described.mp4", "described-video": ".described.mp4"}
 
 
 @dataclass
@@ -225,7 +227,11 @@ class JobStatus(BaseModel):
     segments: list[SegmentOut] | None = Field(None, description="When done: the captions, merged where "
                                                                    "neighbouring shots got the same sentence")
     video: str | None = Field(None, description="When done: what a player should play")
-    downloads: dict[str, str] | None = Field(None, description="When done: srt, vtt, json, mp4")
+    downloads: dict[str, str] | None = Field(None, description="When done: srt, vtt, json, mp4; with a voice "
+                                             "on the server also descriptions (WebVTT) and described (MP4 with a "
+                                             "second audio track 화면해설)")
+    described_video: str | None = Field(None, description="When done: the player's copy whose sound is the "
+                                        "audio description (browsers play only a file's first audio track)")
     warnings: list[str] | None = Field(None, description="When done: parts of the video that could not be "
                                        "decoded and were skipped (the rest is captioned)")
 
@@ -255,7 +261,10 @@ def job_status(job: Job, runner: JobRunner) -> dict:
                         "detail": job.error}
     if job.status == "done":
         out.update(duration=job.duration, model=job.model, segments=job.segments, video=f"{base}/video",
-                   downloads={k: f"{base}/{k}" for k in OUTPUTS}, warnings=job.warnings)
+                   downloads={k: f"{base}/{k}" for k in OUTPUTS if k in CAPTION_OUTPUTS or
+                              (job.described and k != "described-video")}, warnings=job.warnings)
+        if job.described:
+            out["described_video"] = f"{base}/described-video"
     return out
 
 
@@ -400,18 +409,21 @@ def create_app(settings: Settings, captioner) -> FastAPI:
 
     @app.get("/api/jobs/{job_id}/{kind}", summary="A finished job's output file", response_class=FileResponse,
              description="`srt`, `vtt`, `json`, `mp4` (captions burned in) or `video` (what the page's "
-                         "player plays: the upload, or an H.264 copy where browsers cannot play it). "
+                         "player plays: the upload, or an H.264 copy where browsers cannot play it); "
+                         "`descriptions`, `described`, `described-video` (audio description). "
                          "`?download=1` asks the browser to save it.",
              responses={200: {"description": "The file (ranges are supported for seeking)"},
                         404: {"model": Problem, "description": "No such job, or not finished"}})
-    async def get_output(kind: Literal["srt", "vtt", "json", "mp4", "video"], job_id: str = JobId,
+    async def get_output(kind: Literal["srt", "vtt", "json", "mp4", "video", "descriptions", "described",
+                                       "described-video"], job_id: str = JobId,
                          download: bool = Query(False)):
         job = store.get(job_id)
         path = store.output(job, kind) if job else None
         if path is None:
             return problem(404, "not_found", "결과 파일이 없습니다.")
         media = {"srt": "application/x-subrip; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
-                 "json": "application/json", "mp4": "video/mp4"}.get(kind, job.video_type or "video/mp4")
+                 "descriptions": "text/vtt; charset=utf-8", "json": "application/json", "mp4": "video/mp4",
+                 "described": "video/mp4", "described-video": "video/mp4"}.get(kind, job.video_type or "video/mp4")
         stem = Path(job.name).stem or "video"
         filename = stem + DOWNLOAD_NAMES.get(kind, ".mp4" if media == "video/mp4" else ".webm")
         return FileResponse(path, media_type=media, filename=filename,

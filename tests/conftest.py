@@ -29,6 +29,19 @@ def need(path: Path) -> Path:
     return path
 
 
+def need_command(name: str) -> str:
+    """A Debian package's command (scripts/install-debian.sh installs it); skipped without, failed in CI."""
+    import shutil
+
+    found = shutil.which(name)
+    if found is None:
+        message = f"needs {name} (sh scripts/install-debian.sh {name})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def decodable_end(path: Path) -> tuple[int, float]:
     """Frames that decode (bad packets skipped) and where the last one ends: counted with PyAV
     alone, apart from kvcap's own decoder, so tests can hold kvcap's durations against it."""

@@ -28,7 +28,7 @@ HANGUL = re.compile(r"[가-힣]")
 def browser():
     playwright_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install -e '.[test]')")
     if not Path(CHROMIUM).exists():
-        message = f"needs Chromium at {CHROMIUM} (sh scripts/install-chromium.sh installs Debian's)"
+        message = f"needs Chromium at {CHROMIUM} (sh scripts/install-debian.sh chromium installs Debian's)"
         if os.environ.get("CI"):  # CI's command installs it: missing there is a broken setup
             pytest.fail(message)
         pytest.skip(message)
@@ -101,8 +101,22 @@ def test_upload_watch_and_seek(page, web, videos):
 
     # downloads point at this job's files
     job_id = re.search(r"job=([\w-]{22})", page.url).group(1)
-    hrefs = page.eval_on_selector_all("#downloads a", "as => as.map(a => a.getAttribute('href'))")
-    assert hrefs == [f"/api/jobs/{job_id}/{k}?download=1" for k in ("srt", "vtt", "json", "mp4")]
+    hrefs = page.eval_on_selector_all("#downloads a:not([hidden])", "as => as.map(a => a.getAttribute('href'))")
+    assert hrefs == [f"/api/jobs/{job_id}/{k}?download=1"
+                     for k in ("srt", "vtt", "json", "mp4", "described", "descriptions")]
+
+    # audio description: a descriptions track, and a switch to the described sound at the same moment
+    kinds = page.evaluate(f"Array.from({player}.textTracks).map(t => t.kind)")
+    assert kinds == ["captions", "descriptions"]
+    page.evaluate(f"{player}.currentTime = 6.0")
+    page.wait_for_function(f"Math.abs({player}.currentTime - 6.0) < 0.1")
+    page.focus("#ad")
+    page.keyboard.press("Space")  # reachable and usable from the keyboard
+    page.wait_for_function(f"{player}.currentSrc.endsWith('/described-video') && {player}.readyState >= 1")
+    page.wait_for_function(f"Math.abs({player}.currentTime - 6.0) < 0.3")
+    assert page.get_attribute("#ad-toggle", "hidden") is None and page.is_checked("#ad")
+    page.click("#ad")
+    page.wait_for_function(f"{player}.currentSrc.endsWith('/video')")
     with page.expect_download() as dl:
         page.click("#downloads a[data-kind=srt]")
     assert dl.value.suggested_filename == "multishot_4cuts.srt"

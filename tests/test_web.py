@@ -60,6 +60,20 @@ def test_upload_caption_and_download(web, videos):
     assert "attachment" in saved.headers["content-disposition"] and "multishot_4cuts.srt" in saved.headers[
         "content-disposition"]
 
+    # audio description: the descriptions track and the described MP4 (two audio tracks), and
+    # the player's copy whose only sound is the description
+    assert set(job["downloads"]) == {"srt", "vtt", "json", "mp4", "descriptions", "described"}
+    cues = webvtt.from_string(get("descriptions").text).captions
+    assert [c.text for c in cues] == [s["text"] for s in segs]
+    described = web.data.parent / "described.mp4"
+    described.write_bytes(get("described").content)
+    with av.open(str(described)) as c:
+        assert len(c.streams.audio) == 2 and c.streams.audio[1].metadata.get("language") == "kor"
+    player = web.data.parent / "described-player.mp4"
+    player.write_bytes(httpx.get(f"{web.url}{job['described_video']}").content)
+    with av.open(str(player)) as c:
+        assert len(c.streams.audio) == 1 and c.streams.audio[0].metadata.get("language") == "kor"
+
     mp4 = get("mp4")
     assert mp4.headers["content-type"] == "video/mp4"
     out = web.data.parent / "captioned.mp4"

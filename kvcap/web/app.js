@@ -187,8 +187,13 @@ function showResult(job, seekTo) {
   current = job;
   show("result", true);
   if (!same) {
+    $("ad").checked = false;
     video.src = job.video;
     $("track").src = `${base}/vtt`;
+    // audio description: the descriptions track, and a switch to the copy whose sound is it
+    const described = Boolean(job.described_video);
+    show("ad-toggle", described);
+    $("descriptions").src = described ? `${base}/descriptions` : "";
     video.textTracks[0].mode = $("cc").checked ? "showing" : "hidden";
     const list = $("segments");
     list.replaceChildren();
@@ -220,11 +225,25 @@ function showResult(job, seekTo) {
     $("warnings").textContent = warnings.length
       ? `영상 일부가 손상되어 그 부분은 건너뛰고 나머지에 자막을 달았습니다 (${warnings.join("; ")}).` : "";
     show("warnings", warnings.length > 0);
-    for (const a of $("downloads").querySelectorAll("a")) a.href = `${base}/${a.dataset.kind}?download=1`;
+    for (const a of $("downloads").querySelectorAll("a")) {
+      a.href = `${base}/${a.dataset.kind}?download=1`;
+      a.hidden = !(a.dataset.kind in job.downloads);
+    }
   }
   if (seekTo !== undefined) seek(seekTo);
   highlight();
 }
+
+// the player switches between the original sound and the described one at the same moment
+$("ad").addEventListener("change", () => {
+  if (!current || !current.described_video) return;
+  const at = video.currentTime, playing = !video.paused;
+  video.src = $("ad").checked ? current.described_video : current.video;
+  video.addEventListener("loadedmetadata", () => {
+    video.currentTime = at;
+    if (playing) video.play().catch(() => {});
+  }, {once: true});
+});
 
 function seek(t) {
   video.currentTime = t;
