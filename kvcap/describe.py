@@ -9,6 +9,7 @@ the described mix as a second audio track titled "화면해설" (language `kor`)
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -480,24 +481,19 @@ def _write_text(target: Path, text: str, force: bool) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-class _plain_copy:
+@contextlib.contextmanager
+def _plain_copy(info, copyable: bool, folder: Path, render_mp4) -> Iterator[Path]:
     """The input itself when MP4 can carry its streams as they are; otherwise a temporary
     H.264/AAC copy (made as the captioned MP4 is, without captions)."""
-
-    def __init__(self, info, copyable: bool, folder: Path, render_mp4):
-        self.info, self.copyable, self.folder, self.render = info, copyable, folder, render_mp4
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        if self.copyable:
-            return self.info.path
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.render(self.info, [], self.folder / f".{self.info.path.stem}.plain.mp4", force=True)
-        return self.tmp
-
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+    if copyable:
+        yield info.path
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = render_mp4(info, [], folder / f".{info.path.stem}.plain.mp4", force=True)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_captions(path: Path, video: Path | None = None) -> tuple[Path, list[Cue]]:

@@ -121,6 +121,25 @@ def test_upload_watch_and_seek(page, web, videos):
         page.click("#downloads a[data-kind=srt]")
     assert dl.value.suggested_filename == "multishot_4cuts.srt"
 
+    # keyboard and screen reader: every control has a name in the accessibility tree, and Tab
+    # reaches them in reading order
+    for role, name in (("checkbox", "자막 표시"), ("checkbox", "화면해설 (소리로 듣기)"), ("link", "화면해설 MP4"),
+                       ("link", "화면해설 WebVTT"), ("button", "다른 동영상 올리기"), ("searchbox", "자막 검색어"),
+                       ("button", "검색")):
+        assert page.get_by_role(role, name=name, exact=True).count() == 1, (role, name)
+    assert page.get_attribute("#progress", "aria-live") == "polite"  # job progress is announced
+    page.focus("#file")
+    visited = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        visited.append(page.evaluate("document.activeElement.id || document.activeElement.dataset.kind || "
+                                     "document.activeElement.textContent.trim().slice(0, 8)"))
+    order = ["cc", "ad", "described", "descriptions", "again", "query"]
+    assert all(k in visited for k in order), visited
+    assert [visited.index(k) for k in order] == sorted(visited.index(k) for k in order)
+    first_segment = next(i for i, v in enumerate(visited) if v.startswith("00:00"))
+    assert visited.index("ad") < first_segment < visited.index("described")
+
     # the browser remembers its own uploads: a fresh visit lists it and opens it again
     page.goto(web.url + "/")
     page.click("#my-jobs a:has-text('multishot_4cuts.mp4')")
