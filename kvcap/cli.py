@@ -30,6 +30,11 @@ def at_least(option: str, value: float | None, low: float) -> None:
         raise KvcapError(f"bad {option} {value}: it must be {low:g} or more")
 
 
+def at_most(option: str, value: float | None, high: float) -> None:
+    if value is not None and not value <= high:
+        raise KvcapError(f"bad {option} {value}: it must be {high:g} or less")
+
+
 def above(option: str, value: float | None, low: float = 0) -> None:
     if value is not None and not value > low:
         raise KvcapError(f"bad {option} {value}: it must be more than {low:g}")
@@ -86,6 +91,7 @@ def caption(
         formats = parse_formats(format, gif)
         spec = SegmentSpec.parse(segments, max_segment=max_segment, min_shot=min_shot)
         at_least("--beam", beam, 1)
+        at_most("--beam", beam, 50)  # wider searches only cost time (and memory) here
         at_least("--keyframes", keyframes, 1)
         if any(f in ("mp4", "gif") for f in formats):
             check_font()
@@ -178,8 +184,7 @@ def describe(
 
     try:
         at_least("--rate", rate, 80)
-        if rate > 400:
-            raise KvcapError(f"bad --rate {rate}: at most 400 words per minute")
+        at_most("--rate", rate, 400)
         ensure_writable(out)
     except KvcapError as exc:
         fail(str(exc))
@@ -209,6 +214,50 @@ def describe(
             failed += 1
             fail(str(exc))
     if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def watch(
+    source: str = typer.Argument(..., help="A stream (rtsp://, rtmp://, http(s)://, HLS), a device "
+                                 "(/dev/video0), or a file (with --realtime: played at its own pace)."),
+    out: Path = typer.Option(Path("live"), "--out", "-o", help="Folder for watch.jsonl, alerts.jsonl, watch.vtt."),
+    alert: str = typer.Option("", "--alert", help="Watch-words, comma-separated, matched by lemma ('쓰러지다' "
+                              "matches '쓰러져 있다'; '사람이 들어오다' needs both words)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own pace, as if live."),
+    max_segment: float = typer.Option(8.0, "--max-segment", help="A caption at least this often (seconds)."),
+    min_shot: float = typer.Option(2.0, "--min-shot"),
+    cooldown: float = typer.Option(30.0, "--cooldown", help="Seconds before the same word alerts again."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each alert's JSON here (retried)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds without data before a stream counts as stalled."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
+) -> None:
+    """Caption a live stream as it plays; alert on watch-words. Ctrl-C ends it, logs complete."""
+    from rich.console import Console
+
+    from .captioner import Captioner
+    from .watch import Alerts, WatchConfig, Watcher
+
+    console = Console(highlight=False)
+
+    def say(line: str, loud: bool) -> None:
+        console.print(line, style="bold red" if loud else None)
+
+    try:
+        above("--max-segment", max_segment)
+        at_least("--min-shot", min_shot, 0)
+        at_least("--cooldown", cooldown, 0)
+        above("--timeout", timeout)
+        if webhook and not webhook.startswith(("http://", "https://")):
+            raise KvcapError(f"bad --webhook {webhook!r}: an http(s) URL")
+        words = [w.strip() for w in alert.split(",") if w.strip()]
+        Alerts(words)  # refuse a word with nothing to match before the model loads
+        ensure_writable(out)
+        captioner = Captioner.from_pretrained(model)
+        Watcher(WatchConfig(source, out, words, max_segment, min_shot, realtime, cooldown, webhook,
+                            timeout=timeout), captioner, say).run()
+    except KvcapError as exc:
+        fail(str(exc))
         raise typer.Exit(2)
 
 
@@ -313,6 +362,7 @@ def evaluate(
 
     try:
         at_least("--beam", beam, 1)
+        at_most("--beam", beam, 50)
         at_least("--examples", examples, 0)
         report = evaluate_model(model, data, format, root, split=split, beam=beam, baselines=baselines,
                                 progress=not quiet, n_examples=examples, style=style)

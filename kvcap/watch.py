@@ -1,0 +1,287 @@
+"""Live captions: `kvcap watch` over a camera, a stream, or a file played at its own pace.
+
+The same stages as `kvcap caption`, one segment at a time: frames go to the shot
+detector and the keyframe pool as they arrive; a segment closes at a shot change or after
+`max_segment` seconds and is captioned at once, so a caption follows its picture within
+about max_segment plus the time to caption it. Each caption is appended to a JSON-lines
+log (one `write` per whole line: a kill leaves every line whole or absent) and to a rolling
+WebVTT; alert words match captions by Kiwi lemma, as `kvcap search` does. A stream that
+drops or stalls (a read timeout, not a hang) is reopened with backoff, and said so in the log.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import queue
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import av
+from . import korean
+from .errors import KvcapError
+from .frames import KeyframePool
+from .outputs import timestamp
+from .shots import SegmentSpec, ShotDetector, detect_size
+from .video import Frame
+
+READ_TIMEOUT = 10.0  # seconds without data before a live stream counts as stalled
+BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between reconnection attempts, then the last again
+
+
+# ----------------------------------------------------------------------------- outputs that grow
+
+class LineLog:
+    """A JSON-lines file appended one whole line per `write` (O_APPEND): never a torn line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, record: dict) -> None:
+        os.write(self.fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class RollingVtt:
+    """A WebVTT file that grows by one cue per caption (a player reloading it sees the latest)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.exists() or path.stat().st_size == 0:
+            path.write_text("WEBVTT\n\n", encoding="utf-8")
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    def add(self, start: float, end: float, text: str) -> None:
+        os.write(self.fd, f"{timestamp(start)} --> {timestamp(end)}\n{text}\n\n".encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ----------------------------------------------------------------------------- alerts
+
+@dataclass
+class Alerts:
+    """Watch-words as lemma sets: '쓰러지다' matches '쓰러져 있다', '사람이 들어오다' needs both."""
+    words: list[str]
+    cooldown: float = 30.0  # stream seconds before the same word alerts again
+    _lemmas: dict[str, set[str]] = field(default_factory=dict)
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._lemmas = {w: set(korean.lemmas(w)) for w in self.words}
+        empty = [w for w, lem in self._lemmas.items() if not lem]
+        if empty:
+            raise KvcapError(f"bad --alert {', '.join(empty)}: no content word to match")
+
+    def match(self, text: str, at: float) -> list[str]:
+        """Words this caption matches that are not cooling down."""
+        have = set(korean.lemmas(text))
+        hits = []
+        for word, need in self._lemmas.items():
+            if need <= have and at - self._last.get(word, -1e9) >= self.cooldown:
+                self._last[word] = at
+                hits.append(word)
+        return hits
+
+
+class Webhook:
+    """POSTs alerts from a thread of its own, retrying with backoff; capture never waits for it."""
+
+    def __init__(self, url: str, log: Callable[[dict], None], tries: int = 4):
+        self.url, self.log, self.tries = url, log, tries
+        self.queue: queue.Queue = queue.Queue(maxsize=1000)
+        self.thread = threading.Thread(target=self._run, name="kvcap-webhook", daemon=True)
+        self.thread.start()
+
+    def send(self, record: dict) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:  # the receiver has been down for long: drop, say so
+            self.log({"event": "webhook_dropped", "alert": record})
+
+    def _run(self) -> None:
+        while True:
+            record = self.queue.get()
+            if record is None:
+                return
+            body = json.dumps(record, ensure_ascii=False).encode("utf-8")
+            for attempt in range(self.tries):
+                try:
+                    req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+                    urllib.request.urlopen(req, timeout=5).close()
+                    break
+                except OSError as exc:
+                    if attempt == self.tries - 1:
+                        self.log({"event": "webhook_failed", "url": self.url, "error": str(exc)})
+                    else:
+                        time.sleep(0.5 * 2 ** attempt)
+
+    def close(self, wait: float = 5.0) -> None:
+        self.queue.put(None)
+        self.thread.join(wait)
+
+
+# ----------------------------------------------------------------------------- frames as they come
+
+def is_live(source: str) -> bool:
+    """A URL or a device (reopened when it drops); a plain file ends when it ends."""
+    return "://" in source or source.startswith("/dev/")
+
+
+class LiveSource:
+    """One connection's frames as they arrive (video.Frame, time from the connection's start);
+    with `realtime`, a file is played at its own pace. Iterating raises av.error.FFmpegError
+    (or OSError) when the stream fails or stalls for `timeout` seconds."""
+
+    def __init__(self, source: str, realtime: bool, timeout: float = READ_TIMEOUT):
+        self.container = av.open(source, timeout=(timeout, timeout), metadata_errors="ignore")
+        if not self.container.streams.video:
+            self.container.close()
+            raise KvcapError("no video stream to watch", source, "no_video")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
+        self.realtime = realtime
+
+    def __iter__(self) -> Iterator[Frame]:
+        t0, first, n, scalers = time.monotonic(), None, 0, {}
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError:  # a damaged packet: skip it, as players do
+                    continue
+                for frame in decoded:
+                    t = float(frame.time) if frame.time is not None else n / self.fps
+                    first = t if first is None else first
+                    if self.realtime:
+                        ahead = (t - first) - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    yield Frame(n, t - first, frame, scalers)
+                    n += 1
+        finally:
+            self.container.close()
+
+
+# ----------------------------------------------------------------------------- the watcher
+
+@dataclass
+class WatchConfig:
+    source: str
+    out: Path
+    alerts: list[str] = field(default_factory=list)
+    max_segment: float = 8.0
+    min_shot: float = 2.0
+    realtime: bool = False
+    cooldown: float = 30.0
+    webhook: str | None = None
+    keyframes: int = 4
+    timeout: float = READ_TIMEOUT
+    max_reconnects: int | None = None  # None: for ever
+
+
+class Watcher:
+    def __init__(self, cfg: WatchConfig, captioner, say: Callable[[str, bool], None]):
+        self.cfg, self.captioner, self.say = cfg, captioner, say
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        self.alerts = Alerts(cfg.alerts, cfg.cooldown)
+        self.log = LineLog(cfg.out / "watch.jsonl")
+        self.alert_log = LineLog(cfg.out / "alerts.jsonl")
+        self.vtt = RollingVtt(cfg.out / "watch.vtt")
+        self.webhook = Webhook(cfg.webhook, self.log.write) if cfg.webhook else None
+        self.offset = 0.0  # stream time of earlier connections: times keep growing across reconnects
+        self.last_text = None
+
+    def run(self) -> None:
+        self.log.write(self._stamp({"event": "started", "source": self.cfg.source}))
+        failures = 0
+        try:
+            while True:
+                try:
+                    got = self._connection()
+                    failures = 0 if got else failures + 1
+                    if not is_live(self.cfg.source):
+                        break
+                    self._drop("ended")
+                except (av.error.FFmpegError, OSError) as exc:
+                    if not is_live(self.cfg.source):
+                        raise KvcapError(f"cannot read the video ({exc})", self.cfg.source, "damaged") from None
+                    failures += 1
+                    self._drop(str(exc))
+                if self.cfg.max_reconnects is not None and failures > self.cfg.max_reconnects:
+                    raise KvcapError(f"stream lost after {failures} attempts to reconnect", self.cfg.source)
+                wait = BACKOFF[min(failures, len(BACKOFF) - 1)]
+                time.sleep(wait)
+        finally:
+            self.log.write(self._stamp({"event": "stopped"}))
+            self.close()
+
+    def _drop(self, why: str) -> None:
+        self.log.write(self._stamp({"event": "disconnected", "error": why, "stream_time": round(self.offset, 3)}))
+        self.say(f"스트림 끊김: {why} — 다시 연결합니다", False)
+
+    def _connection(self) -> bool:
+        """Caption one connection's frames; True when any frame came."""
+        source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout)
+        if self.offset:
+            self.log.write(self._stamp({"event": "reconnected", "stream_time": round(self.offset, 3)}))
+        spec = SegmentSpec(max_segment=self.cfg.max_segment, min_shot=self.cfg.min_shot)
+        detector, pool = ShotDetector(spec, source.fps), KeyframePool()
+        start, end, small = 0.0, None, None
+        try:
+            for f in source:
+                if small is None:  # the first picture: when the stream's time 0 was on screen
+                    self.log.write(self._stamp({"event": "playing", "stream_time": round(self.offset, 3)}))
+                    small = detect_size(f.frame.width, f.frame.height)
+                cuts = detector.push(f.time, f.bgr(*small))
+                if pool.wants(f.time):
+                    pool.add(f)
+                end = f.time + 1.0 / source.fps
+                close = cuts[-1] if cuts else (end if end - start >= self.cfg.max_segment else None)
+                if close is not None and close > start:
+                    self._caption(pool, start, close)
+                    pool.drop_before(close)
+                    start = close
+        finally:
+            if end is not None:
+                if end > start + 0.1:  # what came before the end or the drop
+                    self._caption(pool, start, end)
+                self.offset += end
+        return end is not None
+
+    def _caption(self, pool: KeyframePool, start: float, end: float) -> None:
+        feats = self.captioner.encoder.encode(pool.take(start, end, self.cfg.keyframes))
+        cap, conf = self.captioner.caption_features([feats])[0]
+        a, b = self.offset + start, self.offset + end
+        record = self._stamp({"stream_start": round(a, 3), "stream_end": round(b, 3), "text": cap.text,
+                              "confidence": None if conf is None else round(conf, 3)})
+        self.log.write(record)
+        self.vtt.add(a, b, cap.text)
+        if cap.text != self.last_text:
+            self.say(f"{record['wall'][11:19]}  {cap.text}", False)
+        self.last_text = cap.text
+        for word in self.alerts.match(cap.text, b):
+            alert = {**record, "alert": word}
+            self.alert_log.write(alert)
+            self.say(f"경보 [{word}] {record['wall'][11:19]}  {cap.text}", True)
+            if self.webhook:
+                self.webhook.send(alert)
+
+    @staticmethod
+    def _stamp(record: dict) -> dict:
+        return {"wall": datetime.datetime.now().astimezone().isoformat(timespec="milliseconds"), **record}
+
+    def close(self) -> None:
+        if self.webhook:
+            self.webhook.close()
+        for f in (self.log, self.alert_log, self.vtt):
+            f.close()
