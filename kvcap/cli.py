@@ -229,6 +229,7 @@ def watch(
     min_shot: float = typer.Option(2.0, "--min-shot"),
     cooldown: float = typer.Option(30.0, "--cooldown", help="Seconds before the same word alerts again."),
     webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each alert's JSON here (retried)."),
+    keep_clips: bool = typer.Option(False, "--keep-clips", help="An MP4 of each alert's segment in OUT/clips/."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds without data before a stream counts as stalled."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
 ) -> None:
@@ -255,7 +256,7 @@ def watch(
         ensure_writable(out)
         captioner = Captioner.from_pretrained(model)
         Watcher(WatchConfig(source, out, words, max_segment, min_shot, realtime, cooldown, webhook,
-                            timeout=timeout), captioner, say).run()
+                            timeout=timeout, keep_clips=keep_clips), captioner, say).run()
     except KvcapError as exc:
         fail(str(exc))
         raise typer.Exit(2)
@@ -485,6 +486,8 @@ def serve(
     segments: str = typer.Option("shots", "--segments", help="shots | adaptive | hash | fixed:N"),
     max_segment: float = typer.Option(8.0, "--max-segment"),
     min_shot: float = typer.Option(2.0, "--min-shot"),
+    live: Optional[Path] = typer.Option(None, "--live", help="Show the captions and alerts of a running "
+                                        "`kvcap watch --out DIR` on the page's 실시간 section."),
 ) -> None:
     """Start the web app: drop a video in the page, watch it with Korean captions."""
     from .captioner import Captioner
@@ -495,6 +498,8 @@ def serve(
     from .webapp import serve as run_server
 
     try:
+        if live is not None and not live.is_dir():
+            raise KvcapError("no such folder (give the --out folder of kvcap watch)", live)
         above("--max-upload", max_upload)
         above("--keep", keep)
         at_least("--queue", queue, 1)
@@ -513,7 +518,7 @@ def serve(
         fail(str(exc))
         raise typer.Exit(2)
     settings = Settings(folder, max_upload=int(max_upload * (1 << 20)), keep=keep * 3600, queue_size=queue,
-                        segments=segments, max_segment=max_segment, min_shot=min_shot)
+                        segments=segments, max_segment=max_segment, min_shot=min_shot, live=live)
     run_server(settings, captioner, sock)
 
 

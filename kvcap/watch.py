@@ -10,6 +10,7 @@ drops or stalls (a read timeout, not a hang) is reopened with backoff, and said 
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -30,7 +31,8 @@ from .shots import SegmentSpec, ShotDetector, detect_size
 from .video import Frame
 
 READ_TIMEOUT = 10.0  # seconds without data before a live stream counts as stalled
-BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between reconnection attempts, then the last again
+BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+CLIP_BEFORE = 2.0  # seconds of picture kept before an alert's segment in its clip  # waits between reconnection attempts, then the last again
 
 
 # ----------------------------------------------------------------------------- outputs that grow
@@ -141,7 +143,7 @@ class LiveSource:
     with `realtime`, a file is played at its own pace. Iterating raises av.error.FFmpegError
     (or OSError) when the stream fails or stalls for `timeout` seconds."""
 
-    def __init__(self, source: str, realtime: bool, timeout: float = READ_TIMEOUT):
+    def __init__(self, source: str, realtime: bool, timeout: float = READ_TIMEOUT, keep: float = 0.0):
         self.container = av.open(source, timeout=(timeout, timeout), metadata_errors="ignore")
         if not self.container.streams.video:
             self.container.close()
@@ -150,26 +152,57 @@ class LiveSource:
         self.stream.thread_type = "AUTO"
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
         self.realtime = realtime
+        self.keep = keep  # seconds of packets kept for clips (0: none)
+        self.recent: collections.deque = collections.deque()  # (time from start, packet), oldest first
 
     def __iter__(self) -> Iterator[Frame]:
         t0, first, n, scalers = time.monotonic(), None, 0, {}
-        try:
-            for packet in self.container.demux(self.stream):
-                try:
-                    decoded = packet.decode()
-                except av.error.InvalidDataError:  # a damaged packet: skip it, as players do
-                    continue
-                for frame in decoded:
-                    t = float(frame.time) if frame.time is not None else n / self.fps
-                    first = t if first is None else first
-                    if self.realtime:
-                        ahead = (t - first) - (time.monotonic() - t0)
-                        if ahead > 0:
-                            time.sleep(ahead)
-                    yield Frame(n, t - first, frame, scalers)
-                    n += 1
-        finally:
-            self.container.close()
+        for packet in self.container.demux(self.stream):
+            if self.keep and packet.pts is not None and packet.size:
+                self._remember(packet)
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError:  # a damaged packet: skip it, as players do
+                continue
+            for frame in decoded:
+                t = float(frame.time) if frame.time is not None else n / self.fps
+                first = t if first is None else first
+                if self.realtime:
+                    ahead = (t - first) - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                yield Frame(n, t - first, frame, scalers)
+                n += 1
+
+    def close(self) -> None:
+        self.recent.clear()  # packets refer to the container's buffers: gone before it
+        self.container.close()
+
+    def _remember(self, packet) -> None:
+        t = float(packet.pts * packet.time_base)
+        self.origin = getattr(self, "origin", t)
+        self.recent.append((t - self.origin, packet))
+        while self.recent and self.recent[0][0] < self.recent[-1][0] - self.keep:
+            self.recent.popleft()
+
+    def clip(self, start: float, end: float, target: Path) -> Path | None:
+        """The packets from the last keyframe at or before `start` to `end`, copied into an MP4."""
+        keys = [i for i, (t, p) in enumerate(self.recent) if p.is_keyframe and t <= start + 1e-6]
+        first = keys[-1] if keys else next((i for i, (_, p) in enumerate(self.recent) if p.is_keyframe), None)
+        if first is None:
+            return None
+        packets = [p for t, p in list(self.recent)[first:] if t <= end + 1e-6]
+        tmp = target.with_name(f".{target.name}.part{os.getpid()}.mp4")
+        base = min(p.dts if p.dts is not None else p.pts for p in packets)
+        with av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream_from_template(self.stream)
+            for p in packets:  # copies: the kept packets may go into the next clip too
+                q = av.Packet(bytes(p))
+                q.pts, q.dts = p.pts - base, (p.dts - base) if p.dts is not None else None
+                q.time_base, q.is_keyframe, q.stream = p.time_base, p.is_keyframe, stream
+                out.mux(q)
+        os.replace(tmp, target)
+        return target
 
 
 # ----------------------------------------------------------------------------- the watcher
@@ -187,6 +220,7 @@ class WatchConfig:
     keyframes: int = 4
     timeout: float = READ_TIMEOUT
     max_reconnects: int | None = None  # None: for ever
+    keep_clips: bool = False  # an MP4 of each alert's segment (and 2 s before it) in out/clips/
 
 
 class Watcher:
@@ -231,7 +265,8 @@ class Watcher:
 
     def _connection(self) -> bool:
         """Caption one connection's frames; True when any frame came."""
-        source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout)
+        keep = self.cfg.max_segment + CLIP_BEFORE + 2 if self.cfg.keep_clips else 0.0
+        source = self.source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout, keep)
         if self.offset:
             self.log.write(self._stamp({"event": "reconnected", "stream_time": round(self.offset, 3)}))
         spec = SegmentSpec(max_segment=self.cfg.max_segment, min_shot=self.cfg.min_shot)
@@ -252,10 +287,13 @@ class Watcher:
                     pool.drop_before(close)
                     start = close
         finally:
-            if end is not None:
-                if end > start + 0.1:  # what came before the end or the drop
-                    self._caption(pool, start, end)
-                self.offset += end
+            try:
+                if end is not None:
+                    if end > start + 0.1:  # what came before the end or the drop
+                        self._caption(pool, start, end)
+                    self.offset += end
+            finally:
+                source.close()
         return end is not None
 
     def _caption(self, pool: KeyframePool, start: float, end: float) -> None:
@@ -269,12 +307,26 @@ class Watcher:
         if cap.text != self.last_text:
             self.say(f"{record['wall'][11:19]}  {cap.text}", False)
         self.last_text = cap.text
+        clip = None
         for word in self.alerts.match(cap.text, b):
-            alert = {**record, "alert": word}
+            if self.cfg.keep_clips and clip is None:
+                clip = self._clip(start, end, a)
+            alert = {**record, "alert": word, **({"clip": clip} if clip else {})}
             self.alert_log.write(alert)
             self.say(f"경보 [{word}] {record['wall'][11:19]}  {cap.text}", True)
             if self.webhook:
                 self.webhook.send(alert)
+
+    def _clip(self, start: float, end: float, at: float) -> str | None:
+        folder = self.cfg.out / "clips"
+        folder.mkdir(exist_ok=True)
+        name = f"alert-{at:09.3f}.mp4"
+        try:
+            made = self.source.clip(max(0.0, start - CLIP_BEFORE), end, folder / name)
+        except (av.error.FFmpegError, OSError) as exc:  # a clip is a nicety: the alert stands
+            self.log.write(self._stamp({"event": "clip_failed", "error": str(exc)}))
+            return None
+        return f"clips/{name}" if made else None
 
     @staticmethod
     def _stamp(record: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -62,6 +63,25 @@ class Settings:
     segments: str = "shots"
     max_segment: float = 8.0
     min_shot: float = 2.0
+    live: Path | None = None  # the --out folder of a running `kvcap watch`, shown on the page
+
+
+def live_lines(path: Path, after: int, most: int = 200) -> tuple[list[dict], int]:
+    """Whole JSON lines of a growing log from byte `after`; returns them and where to go on."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(after)
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        return [], 0
+    whole = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next call
+    rows = []
+    for line in whole.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows[-most:], after + len(whole)
 
 
 def size_text(n: int) -> str:
@@ -326,7 +346,18 @@ def create_app(settings: Settings, captioner) -> FastAPI:
     @app.get("/api/config", summary="Limits the page shows before an upload")
     def config() -> dict:
         return {"max_upload_bytes": settings.max_upload, "max_upload": size_text(settings.max_upload),
-                "keep_seconds": settings.keep, "model": captioner.name}
+                "keep_seconds": settings.keep, "model": captioner.name, "live": settings.live is not None}
+
+    @app.get("/api/live", summary="New lines of the running `kvcap watch` (serve --live DIR)",
+             description="Captions and alerts since the offsets given (start with 0, then pass back "
+                         "the `next` ones): polling, one request every second or two.",
+             responses={404: {"model": Problem, "description": "This server shows no live watch"}})
+    async def live(captions: int = Query(0, ge=0), alerts: int = Query(0, ge=0)):
+        if settings.live is None:
+            return problem(404, "not_found", "실시간 자막을 보여 주도록 시작된 서버가 아닙니다.")
+        caps, next_caps = await run_in_threadpool(live_lines, settings.live / "watch.jsonl", captions)
+        alarms, next_alerts = await run_in_threadpool(live_lines, settings.live / "alerts.jsonl", alerts)
+        return {"captions": caps, "alerts": alarms, "next": {"captions": next_caps, "alerts": next_alerts}}
 
     @app.post("/api/jobs", status_code=201, summary="Upload a video and start captioning it",
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

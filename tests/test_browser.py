@@ -212,3 +212,40 @@ def test_a_damaged_video_is_shown_with_what_was_skipped(page, web, videos, tmp_p
     assert page.inner_text("#warnings").startswith("영상 일부가 손상되어")
     assert "4.5–7.0 s" in page.inner_text("#warnings") and page.locator("#segments li").count() >= 1
     assert page.locator("#error").is_hidden()
+
+
+def test_live_page_shows_what_a_running_watch_writes(browser, tmp_path):
+    """`kvcap serve --live DIR`: the 실시간 section follows DIR's watch.jsonl and alerts.jsonl
+    (written here as `kvcap watch` writes them), newest first, in Korean."""
+    from conftest import Server
+    from kvcap.watch import LineLog
+
+    live = tmp_path / "live"
+    live.mkdir()
+    log, alerts = LineLog(live / "watch.jsonl"), LineLog(live / "alerts.jsonl")
+    log.write({"wall": "2026-12-02T14:03:22.000+09:00", "event": "playing", "stream_time": 0.0})
+    log.write({"wall": "2026-12-02T14:03:30.000+09:00", "stream_start": 0.0, "stream_end": 8.0,
+               "text": "여자가 방으로 들어오고 있다.", "confidence": 0.6})
+    server = Server(tmp_path / "data", "--live", str(live))
+    context = browser.new_context(locale="ko-KR", timezone_id="Asia/Seoul")
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#live:not([hidden]) #live-captions li")
+        assert "여자가 방으로 들어오고 있다." in page.inner_text("#live-captions li")
+        assert page.inner_text("#live-status") == "재생 중"
+        log.write({"wall": "2026-12-02T14:03:38.000+09:00", "stream_start": 8.0, "stream_end": 16.0,
+                   "text": "남자가 쓰러져 있다.", "confidence": 0.5})
+        alerts.write({"wall": "2026-12-02T14:03:38.000+09:00", "stream_start": 8.0, "stream_end": 16.0,
+                      "text": "남자가 쓰러져 있다.", "confidence": 0.5, "alert": "쓰러지다"})
+        page.wait_for_function("document.querySelectorAll('#live-captions li').length === 2")
+        assert page.inner_text("#live-captions li").startswith("14:03:38")  # newest first
+        page.wait_for_selector("#live-alerts li")
+        assert " ".join(page.inner_text("#live-alerts li").split()) == "14:03:38 [쓰러지다] 남자가 쓰러져 있다."
+        log.write({"wall": "2026-12-02T14:03:40.000+09:00", "event": "disconnected", "error": "timeout"})
+        page.wait_for_function("document.querySelector('#live-status').textContent.startsWith('스트림이 끊겨')")
+    finally:
+        context.close()
+        server.stop()
+        log.close()
+        alerts.close()

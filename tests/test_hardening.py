@@ -115,6 +115,10 @@ def test_audio_that_did_not_decode_becomes_silence_and_keeps_sync(tmp_path):
     (["train", "x.json", "--styles", "many"], "--styles"),
     (["evaluate", "x.json", "--beam", "0"], "--beam"),
     (["search", "고양이", "--limit", "0"], "--limit"),
+    (["watch", "x.mp4", "--out", "{tmp}/w", "--max-segment", "0"], "--max-segment"),
+    (["watch", "x.mp4", "--out", "{tmp}/w", "--timeout", "0"], "--timeout"),
+    (["watch", "x.mp4", "--out", "{tmp}/w", "--webhook", "ftp://x"], "--webhook"),
+    (["watch", "x.mp4", "--out", "{tmp}/w", "--alert", "있다"], "--alert 있다: no content word"),
 ])
 def test_every_numeric_option_is_checked_before_work(tmp_path, args, message):
     r = CliRunner().invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])

@@ -87,7 +87,7 @@ def test_captions_arrive_while_the_video_plays_and_alerts_fire(videos, tmp_path,
     try:
         out = tmp_path / "live"
         proc = start(videos / "street_bikes.mp4", "--realtime", "--max-segment", "2", "--alert", f"{word},코끼리",
-                     "--webhook", receiver.url, "--out", out)
+                     "--webhook", receiver.url, "--keep-clips", "--out", out)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
     finally:
@@ -107,6 +107,12 @@ def test_captions_arrive_while_the_video_plays_and_alerts_fire(videos, tmp_path,
     assert word in korean.lemmas(alerts[0]["text"])
     assert "경보" in stdout and word in stdout
     assert [a["alert"] for a in receiver.got] == [a["alert"] for a in alerts]
+    for a in alerts:  # each with a clip of its segment, copied from the stream (not re-encoded)
+        with av.open(str(out / a["clip"])) as c:
+            v = c.streams.video[0]
+            seconds = float(v.duration * v.time_base)
+            assert v.codec_context.name == "h264" and sum(1 for _ in c.decode(video=0)) == v.frames
+        assert a["stream_end"] - a["stream_start"] <= seconds + 0.05
     assert webvtt_texts(out / "watch.vtt") == texts
 
 

@@ -325,9 +325,44 @@ function route() {
 window.addEventListener("hashchange", () => { listMyJobs(); route(); });
 listMyJobs();
 
+// ---------------------------------------------------------------- 실시간 (serve --live)
+
+function liveItem(record, alert) {
+  const li = document.createElement("li");
+  const d = new Date(record.wall), two = (n) => String(n).padStart(2, "0");
+  const when = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;  // the viewer's clock
+  li.textContent = alert ? `${when}  [${record.alert}]  ${record.text}` : `${when}  ${record.text}`;
+  return li;
+}
+
+function followLive() {
+  show("live", true);
+  const next = {captions: 0, alerts: 0};
+  const tick = async () => {
+    try {
+      const r = await fetch(`/api/live?captions=${next.captions}&alerts=${next.alerts}`);
+      const body = await r.json();
+      for (const rec of body.captions) {
+        if (rec.text) $("live-captions").prepend(liveItem(rec, false));
+        if (rec.event === "disconnected") $("live-status").textContent = "스트림이 끊겨 다시 연결하는 중입니다.";
+        if (rec.event === "reconnected" || rec.event === "playing") $("live-status").textContent = "재생 중";
+        if (rec.event === "stopped") $("live-status").textContent = "감시가 끝났습니다.";
+      }
+      for (const rec of body.alerts) $("live-alerts").prepend(liveItem(rec, true));
+      for (const list of ["live-captions", "live-alerts"]) {
+        while ($(list).children.length > 50) $(list).lastElementChild.remove();
+      }
+      Object.assign(next, body.next);
+    } catch (e) { /* the server may be restarting */ }
+    setTimeout(tick, 1500);
+  };
+  tick();
+}
+
 fetch("/api/config").then((r) => r.json()).then((c) => {
   limit = { bytes: c.max_upload_bytes, text: c.max_upload };
   $("limits").textContent += ` · 최대 ${c.max_upload}`;
   $("model").textContent = `모델: ${c.model}`;
+  if (c.live) followLive();
 });
 route();
