@@ -174,7 +174,8 @@ def two_dataset_run(koflickr, koscenes, tmp_path_factory):
 def test_two_datasets_train_one_model_with_splits_and_scores_per_dataset(two_dataset_run):
     manifest, out, result = two_dataset_run
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["sources"] == ["koflickr", "koscenes"] and config["model"]["general"] is True
+    # by default one style for both datasets, and the general style koscenes' first captions teach
+    assert config["model"]["sources"] == ["any"] and config["model"]["general"] is True
     assert config["model"]["classes"] == 1000  # ImageNet class scores are an input
     assert [d["name"] for d in config["data"]] == ["koflickr", "koscenes"]
     assert set(config["test"]) == {"koflickr", "koscenes", "all"}
@@ -297,3 +298,26 @@ def test_patience_stops_training_after_that_many_epochs_without_a_better_score(k
     assert all(improved[:-1]) and (not improved[-1] or len(losses) == 8)
     assert len(losses) < 8, losses  # at this lr validation turns worse by epoch 7 (seeded: the same run every time)
     assert json.loads((out / "config.json").read_text())["epoch"] == losses.index(min(losses)) + 1
+
+
+def test_style_modes_choose_what_each_caption_teaches():
+    """--styles general: every caption the shared style (0) but a first koscenes caption
+    (general, 1); dataset: each dataset its own (0, 1) and general last (2); none: no styles."""
+    from kvcap import data as datasets
+    from kvcap.korean import Vocab
+    from kvcap.train import Prepared, style_names
+
+    examples = [datasets.Example("a", [], ["x", "y"]), datasets.Example("b", [], ["x", "y"])]
+    examples[0].source, examples[1].source = "koflickr", "koscenes"
+    examples[1].general_first = True
+    cfg = TrainConfig(data="x")
+    for mode, names, styles in (("general", ["any"], [[0, 0], [1, 0]]),
+                                ("dataset", ["koflickr", "koscenes"], [[0, 0], [2, 1]]),
+                                ("none", [], None)):
+        cfg.styles = mode
+        got = style_names(cfg, ["koflickr", "koscenes"], True)
+        assert got == names, mode
+        prep = Prepared(Vocab([]), [], [], [], [], examples, sources=["koflickr", "koscenes"], general=True,
+                        style_names=got)
+        if styles is not None:
+            assert [[prep.style_of(i, j) for j in range(2)] for i in range(2)] == styles, mode
