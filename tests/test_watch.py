@@ -39,8 +39,22 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None):
     raise AssertionError("timed out")
 
 
-class Receiver:
-    """A webhook receiver on loopback that keeps what it is sent."""
+class Loopback:
+    """An HTTP server on 127.0.0.1 in a thread, for `handler` (its log kept quiet)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str):
+        handler.log_message = lambda *a: None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(Loopback):
+    """A webhook receiver that keeps what it is sent."""
 
     def __init__(self):
         got = self.got = []
@@ -51,16 +65,7 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/hook")
 
 
 def free_port() -> int:
@@ -147,8 +152,8 @@ def test_kill_9_leaves_whole_lines_and_a_dead_webhook_does_not_stop_captioning(v
     assert len(during) >= 3 and max(b - a for a, b in zip([first_alert, *during], during)) < 2.5
 
 
-class Flaky:
-    """Serves an MPEG-TS file over HTTP; the first connection is cut off after `cut` bytes."""
+class Flaky(Loopback):
+    """Serves an MPEG-TS file; the first connection is cut off after `cut` bytes."""
 
     def __init__(self, data: bytes, cut: int):
         self.connections = 0
@@ -166,16 +171,7 @@ class Flaky:
                 if outer.connections == 1:
                     self.connection.shutdown(socket.SHUT_RDWR)  # the stream dies mid-way
 
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/live.ts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/live.ts")
 
 
 def as_mpegts(src: Path, dst: Path) -> Path:
