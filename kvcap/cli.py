@@ -136,7 +136,7 @@ def caption(
                            progress=not quiet)
             if "ad" in wanted:
                 describe_video(result.info, result.segments, out, stem, force=force)
-            for warning in getattr(result, "warnings", []):  # damaged: the rest was captioned, but say so
+            for warning in result.warnings:  # damaged: the rest was captioned, but say so
                 failed += 1
                 fail(f"{path}: {warning}")
             if as_json:
@@ -267,6 +267,7 @@ class _ImageResult:
 
     def __init__(self, path: Path, segments: list, model: str):
         self.path, self.segments, self.model, self.info = path, segments, model, None
+        self.warnings: list[str] = []
 
     def to_dict(self) -> dict:
         return {"input": str(self.path), "segments": [s.to_dict() for s in self.segments], "model": self.model}

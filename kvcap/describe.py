@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from .errors import KvcapError
-from .outputs import atomic_path, timestamp
+from .outputs import atomic_path, timestamp, write_text
 
 VOICE = "ko"  # espeak-ng's Korean voice (GPL-3.0, Debian package espeak-ng)
 RATE = 170  # words per minute: espeak-ng's default pace for Korean is hurried at 175+
@@ -329,8 +329,7 @@ def write_described_mp4(source: Path, mix: np.ndarray, rate: int, layout: str, t
             av.open(str(tmp), "w", format="mp4") as out:
         kept = (*src.streams.video[:1], *(src.streams.audio[:1] if keep_audio else ()))
         copies = {s.index: out.add_stream_from_template(s) for s in kept}
-        ad = out.add_stream("aac", rate=rate, layout=layout)
-        ad.metadata.update({"title": "화면해설", "handler_name": "화면해설", "language": "kor"})
+        ad = _description_track(out, rate, layout)
         # interleaved by time, so a player streaming the file reads it in order
         pending = _encode_pcm(ad, mix, rate, layout)
         for packet in src.demux(*[s for s in src.streams if s.index in copies]):
@@ -344,6 +343,13 @@ def write_described_mp4(source: Path, mix: np.ndarray, rate: int, layout: str, t
         for p in pending:
             out.mux(p)
     return target
+
+
+def _description_track(out, rate: int, layout: str):
+    """The AAC track players list as 화면해설 (Korean)."""
+    stream = out.add_stream("aac", rate=rate, layout=layout)
+    stream.metadata.update({"title": "화면해설", "handler_name": "화면해설", "language": "kor"})
+    return stream
 
 
 def _encode_pcm(stream, samples: np.ndarray, rate: int, layout: str, chunk: int = 1024) -> list:
@@ -375,8 +381,7 @@ def write_extended_mp4(info, timeline: Timeline, original: Soundtrack, mix: np.n
         tracks = []
         if info.has_audio:
             tracks.append((out.add_stream("aac", rate=original.rate, layout=original.layout), original.samples))
-        ad = out.add_stream("aac", rate=original.rate, layout=original.layout)
-        ad.metadata.update({"title": "화면해설", "handler_name": "화면해설", "language": "kor"})
+        ad = _description_track(out, original.rate, original.layout)
         tracks.append((ad, mix))
         n, last = 0, None
         for f in frames(info):
@@ -429,7 +434,7 @@ def describe(info, segments: Sequence, out_dir: Path, stem: str, *, force: bool 
     """Speak `segments` (start, end, text) over the video of `info` and write the three
     outputs; with `player`, also a copy whose only sound is the described mix (for a browser);
     with `extended`, also the video that holds its picture until each description ends."""
-    from .render import COPY_AUDIO, render_mp4
+    from .render import COPY_AUDIO
 
     paths = output_paths(out_dir, stem, extended)
     if not force:
@@ -441,7 +446,7 @@ def describe(info, segments: Sequence, out_dir: Path, stem: str, *, force: bool 
     speeches = [fitted_speech(c.text, c.end - c.start, voice, wpm) for c in cues]
     copyable = info.codec in COPY_VIDEO and (not info.has_audio or
                                              (info.audio_codec or "").removesuffix("float") in COPY_AUDIO)
-    with _plain_copy(info, copyable, out_dir, render_mp4) as source:
+    with _plain_copy(info, copyable, out_dir) as source:
         original = read_audio(source, seconds) or Soundtrack(np.zeros((2, round(seconds * 48000)), np.float32),
                                                              48000, "stereo")
         hop = 0.05
@@ -450,7 +455,7 @@ def describe(info, segments: Sequence, out_dir: Path, stem: str, *, force: bool 
         voice_only = narration_track(placed, speeches, original.rate, seconds)
         mix = described_mix(original, voice_only, duck_gain(placed, original.rate, original.samples.shape[1]))
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(paths["descriptions"], descriptions_vtt(placed), force)
+        write_text(paths["descriptions"], descriptions_vtt(placed), force)
         write_wav(paths["narration"], voice_only, original.rate, force)
         write_described_mp4(source, mix, original.rate, original.layout, paths["described"], force)
         if player is not None:
@@ -468,26 +473,23 @@ def _describe_extended(info, cues, speeches, original: Soundtrack, quiet, hop: f
     voice_only = _fit(narration_track(placed, speeches, longer.rate, n / longer.rate)[None, :], n)[0]
     mix = described_mix(longer, voice_only, duck_gain(placed, longer.rate, n))
     write_extended_mp4(info, timeline, longer, mix, paths["extended"], force)
-    _write_text(paths["extended_descriptions"], descriptions_vtt(placed), force)
+    write_text(paths["extended_descriptions"], descriptions_vtt(placed), force)
     from .outputs import vtt_text
 
     shifted = [Cue(timeline.shift(c.start), timeline.shift(c.end), c.text) for c in cues]
-    _write_text(paths["extended_subtitles"], vtt_text(shifted), force)
+    write_text(paths["extended_subtitles"], vtt_text(shifted), force)
     return timeline
 
 
-def _write_text(target: Path, text: str, force: bool) -> None:
-    with atomic_path(target, force) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 @contextlib.contextmanager
-def _plain_copy(info, copyable: bool, folder: Path, render_mp4) -> Iterator[Path]:
+def _plain_copy(info, copyable: bool, folder: Path) -> Iterator[Path]:
     """The input itself when MP4 can carry its streams as they are; otherwise a temporary
     H.264/AAC copy (made as the captioned MP4 is, without captions)."""
     if copyable:
         yield info.path
         return
+    from .render import render_mp4
+
     folder.mkdir(parents=True, exist_ok=True)
     tmp = render_mp4(info, [], folder / f".{info.path.stem}.plain.mp4", force=True)
     try:

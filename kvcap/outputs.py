@@ -89,7 +89,8 @@ def remove_stale_parts(folder: Path, recursive: bool = False) -> list[Path]:
     return removed
 
 
-def _write_text(target: Path, text: str, force: bool) -> Path:
+def write_text(target: Path, text: str, force: bool) -> Path:
+    """One text output, written atomically."""
     with atomic_path(target, force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return target
@@ -124,5 +125,5 @@ def write_text_outputs(result, out_dir: Path, formats: Sequence[str], force: boo
     written = []
     for fmt in formats:
         if fmt in WRITERS:
-            written.append(_write_text(output_path(out_dir, result.path, fmt, stem), WRITERS[fmt](result), force))
+            written.append(write_text(output_path(out_dir, result.path, fmt, stem), WRITERS[fmt](result), force))
     return written

@@ -172,7 +172,7 @@ def test_a_crash_inside_one_input_is_one_line_and_a_log(videos, tmp_path, monkey
     import kvcap.outputs
     import kvcap.render
 
-    real = kvcap.outputs._write_text
+    real = kvcap.outputs.write_text
     calls = {"n": 0}
 
     def write_text(target, text, force):
@@ -186,7 +186,7 @@ def test_a_crash_inside_one_input_is_one_line_and_a_log(videos, tmp_path, monkey
             raise IndexError("list index out of range")
         return target.write_bytes(b"mp4") and target
 
-    monkeypatch.setattr(kvcap.outputs, "_write_text", write_text)
+    monkeypatch.setattr(kvcap.outputs, "write_text", write_text)
     monkeypatch.setattr(kvcap.render, "render_mp4", render_mp4)
     monkeypatch.setenv("KVCAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
