@@ -231,13 +231,18 @@ def watch(
     webhook: Optional[str] = typer.Option(None, "--webhook", help="POST each alert's JSON here (retried)."),
     keep_clips: bool = typer.Option(False, "--keep-clips", help="An MP4 of each alert's segment in OUT/clips/."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds without data before a stream counts as stalled."),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help="FFmpeg input format for a device or "
+                                               "a grab (v4l2, x11grab, lavfi); /dev/video* is v4l2 by itself."),
+    input_option: List[str] = typer.Option([], "--input-option", help="FFmpeg input option KEY=VALUE, repeatable: "
+                                           "rtsp_transport=tcp for a camera over a lossy network, listen=1 to "
+                                           "receive an RTMP stream pushed to this address."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the shipped model)."),
 ) -> None:
     """Caption a live stream as it plays; alert on watch-words. Ctrl-C ends it, logs complete."""
     from rich.console import Console
 
     from .captioner import Captioner
-    from .watch import Alerts, WatchConfig, Watcher
+    from .watch import Alerts, WatchConfig, Watcher, input_format as check_format, input_options
 
     console = Console(highlight=False)
 
@@ -253,10 +258,14 @@ def watch(
             raise KvcapError(f"bad --webhook {webhook!r}: an http(s) URL")
         words = [w.strip() for w in alert.split(",") if w.strip()]
         Alerts(words)  # refuse a word with nothing to match before the model loads
+        check_format(source, input_format)
+        options = input_options(input_option)
         ensure_writable(out)
         captioner = Captioner.from_pretrained(model)
         Watcher(WatchConfig(source, out, words, max_segment, min_shot, realtime, cooldown, webhook,
-                            timeout=timeout, keep_clips=keep_clips), captioner, say).run()
+                            timeout=timeout, keep_clips=keep_clips, input_format=input_format,
+                            input_options=options),
+                captioner, say).run()
     except KvcapError as exc:
         fail(str(exc))
         raise typer.Exit(2)

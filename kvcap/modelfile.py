@@ -89,11 +89,11 @@ def check_meta(config: dict) -> None:
         raise ValueError(f"config decoding.length_penalty must be a number from 0 to 5, not {penalty!r}")
 
 
-def check_shapes(weights: Path, config: ModelConfig) -> None:
-    """The weights' tensor names and shapes are what `config` builds: checked from the file's
-    header and a model on the meta device, so a wrong config allocates nothing."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build(config).state_dict().items()}
+def check_shapes(weights: Path, model: torch.nn.Module) -> None:
+    """The weights' tensor names and shapes are what the config built, read from the file's
+    header: a mismatched file is refused before its tensors are read. (The config's ranges
+    already bound what building the model can allocate.)"""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(weights), framework="pt") as f:
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     if found != expected:
@@ -119,13 +119,13 @@ def load(folder: str | Path | None = None) -> Loaded:
             raise ValueError(f"unknown architecture {model_cfg.arch!r}")
         check_meta(config)
         vocab = Vocab.load(folder / "vocab.json")
-        check_shapes(folder / "model.safetensors", model_cfg)  # before anything is allocated
+        model = build(model_cfg)
+        check_shapes(folder / "model.safetensors", model)  # before the weights are read
         state = load_file(str(folder / "model.safetensors"))
     except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
         raise KvcapError(f"damaged model folder ({exc})", folder) from None
     if model_cfg.vocab_size != len(vocab):
         raise KvcapError("vocab.json does not match config.json", folder)
-    model = build(model_cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -31,8 +31,12 @@ from .shots import SegmentSpec, ShotDetector, detect_size
 from .video import Frame
 
 READ_TIMEOUT = 10.0  # seconds without data before a live stream counts as stalled
-BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-CLIP_BEFORE = 2.0  # seconds of picture kept before an alert's segment in its clip  # waits between reconnection attempts, then the last again
+BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between reconnection attempts, then the last again
+CLIP_BEFORE = 2.0  # seconds of picture kept before an alert's segment in its clip
+BEHIND = 2.0  # seconds behind the picture before only keyframes are decoded (catching up)
+CAUGHT_UP = 0.5  # ... and how close to it again before every frame is
+COALESCE = 4  # while catching up, one segment grows to at most this many max-segments
+MAX_GOP = 10.0  # stream seconds without a keyframe after which a stream is taken to mark none
 
 
 # ----------------------------------------------------------------------------- outputs that grow
@@ -138,28 +142,73 @@ def is_live(source: str) -> bool:
     return "://" in source or source.startswith("/dev/")
 
 
+def input_format(source: str, given: str | None = None) -> str | None:
+    """FFmpeg's input format: the one given (x11grab, lavfi, ...), else V4L2 for a /dev/video*
+    camera (a device cannot be probed like a file), else None (probed). A device that is not
+    there is refused (kind "missing")."""
+    if source.startswith("/dev/") and not os.path.exists(source):
+        raise KvcapError("no such device (is the camera connected?)", source, "missing")
+    if given:
+        if given not in av.formats_available:
+            raise KvcapError(f"bad --input-format {given!r}: FFmpeg here has no such input format")
+        return given
+    return "v4l2" if source.startswith("/dev/video") else None
+
+
+def input_options(given: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings as FFmpeg input options."""
+    bad = [g for g in given if "=" not in g or not g.split("=", 1)[0].strip()]
+    if bad:
+        raise KvcapError(f"bad --input-option {bad[0]!r}: KEY=VALUE, e.g. rtsp_transport=tcp")
+    return dict(g.split("=", 1) for g in given)
+
+
 class LiveSource:
     """One connection's frames as they arrive (video.Frame, time from the connection's start);
     with `realtime`, a file is played at its own pace. Iterating raises av.error.FFmpegError
-    (or OSError) when the stream fails or stalls for `timeout` seconds."""
+    (or OSError) when the stream fails or stalls for `timeout` seconds.
 
-    def __init__(self, source: str, realtime: bool, timeout: float = READ_TIMEOUT, keep: float = 0.0):
-        self.container = av.open(source, timeout=(timeout, timeout), metadata_errors="ignore")
+    A paced source (live, or `realtime`) that falls more than BEHIND seconds behind its stream
+    decodes keyframes only until it is within CAUGHT_UP of it again (`behind` says so), as a
+    player drops frames: the captions stay seconds, not minutes, after what they describe."""
+
+    def __init__(self, source: str, realtime: bool, timeout: float = READ_TIMEOUT, keep: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 format: str | None = None, options: dict[str, str] | None = None):
+        options = options or {}
+        wait = None if options.get("listen") == "1" else timeout  # a server waits for its publisher
+        self.container = av.open(source, format=input_format(source, format), options=options,
+                                 timeout=(wait, timeout), metadata_errors="ignore")
         if not self.container.streams.video:
             self.container.close()
             raise KvcapError("no video stream to watch", source, "no_video")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
+        self.paced = realtime or is_live(source)
+        # frame threads hold frames back by a packet each: keyframes only, that is seconds
+        self.stream.thread_type = "SLICE" if self.paced else "AUTO"
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
         self.realtime = realtime
+        self.clock, self.sleep = clock, sleep
+        self.behind = False
+        self.skipped = 0  # frames not decoded since falling behind
+        self.on_behind: Callable[[bool, float], None] = lambda behind, lag: None
         self.keep = keep  # seconds of packets kept for clips (0: none)
         self.recent: collections.deque = collections.deque()  # (time from start, packet), oldest first
 
     def __iter__(self) -> Iterator[Frame]:
-        t0, first, n, scalers = time.monotonic(), None, 0, {}
-        for packet in self.container.demux(self.stream):
+        t0, first, n, scalers = self.clock(), None, 0, {}
+        origin = None  # the first packet's time: how far behind the stream we are is told by packets,
+        for packet in self.container.demux(self.stream):  # as frames stop coming while we skip
             if self.keep and packet.pts is not None and packet.size:
                 self._remember(packet)
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if self.paced and stamp is not None:
+                at = float(stamp * packet.time_base)
+                origin = at if origin is None else origin
+                self._pace((self.clock() - t0) - (at - origin), at, packet.is_keyframe)
+            if self.behind and not packet.is_keyframe:
+                self.skipped += 1  # not decoded: a keyframe needs nothing before it
+                continue
             try:
                 decoded = packet.decode()
             except av.error.InvalidDataError:  # a damaged packet: skip it, as players do
@@ -168,11 +217,23 @@ class LiveSource:
                 t = float(frame.time) if frame.time is not None else n / self.fps
                 first = t if first is None else first
                 if self.realtime:
-                    ahead = (t - first) - (time.monotonic() - t0)
+                    ahead = (t - first) - (self.clock() - t0)
                     if ahead > 0:
-                        time.sleep(ahead)
+                        self.sleep(ahead)
                 yield Frame(n, t - first, frame, scalers)
                 n += 1
+
+    def _pace(self, lag: float, at: float, key: bool) -> None:
+        """Fall behind past BEHIND seconds; catch up within CAUGHT_UP, at a keyframe (what comes
+        after one decodes whole) or, in a stream that marks none, at once."""
+        if key:
+            self._last_key = at
+        if not self.behind and lag > BEHIND:
+            self.behind, self.skipped = True, 0
+            self.on_behind(True, lag)
+        elif self.behind and lag < CAUGHT_UP and (key or at - getattr(self, "_last_key", -1e9) > MAX_GOP):
+            self.behind = False
+            self.on_behind(False, lag)
 
     def close(self) -> None:
         self.recent.clear()  # packets refer to the container's buffers: gone before it
@@ -221,11 +282,15 @@ class WatchConfig:
     timeout: float = READ_TIMEOUT
     max_reconnects: int | None = None  # None: for ever
     keep_clips: bool = False  # an MP4 of each alert's segment (and 2 s before it) in out/clips/
+    input_format: str | None = None  # FFmpeg's, for devices and grabs (v4l2, x11grab, lavfi)
+    input_options: dict[str, str] = field(default_factory=dict)  # FFmpeg's (rtsp_transport=tcp, listen=1)
 
 
 class Watcher:
-    def __init__(self, cfg: WatchConfig, captioner, say: Callable[[str, bool], None]):
+    def __init__(self, cfg: WatchConfig, captioner, say: Callable[[str, bool], None],
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.cfg, self.captioner, self.say = cfg, captioner, say
+        self.clock, self.sleep = clock, sleep  # a test's own clock: pacing without waiting
         cfg.out.mkdir(parents=True, exist_ok=True)
         self.alerts = Alerts(cfg.alerts, cfg.cooldown)
         self.log = LineLog(cfg.out / "watch.jsonl")
@@ -251,13 +316,26 @@ class Watcher:
                         raise KvcapError(f"cannot read the video ({exc})", self.cfg.source, "damaged") from None
                     failures += 1
                     self._drop(str(exc))
+                except KvcapError as exc:  # a camera unplugged after it had worked may come back
+                    if exc.kind != "missing" or not self.offset:
+                        raise
+                    failures += 1
+                    self._drop(exc.message)
                 if self.cfg.max_reconnects is not None and failures > self.cfg.max_reconnects:
                     raise KvcapError(f"stream lost after {failures} attempts to reconnect", self.cfg.source)
                 wait = BACKOFF[min(failures, len(BACKOFF) - 1)]
-                time.sleep(wait)
+                self.sleep(wait)
         finally:
             self.log.write(self._stamp({"event": "stopped"}))
             self.close()
+
+    def _behind(self, behind: bool, lag: float) -> None:
+        if behind:
+            self.log.write(self._stamp({"event": "behind", "lag": round(lag, 3)}))
+            self.say(f"처리가 {lag:.0f}초 늦어 따라잡는 중입니다 (키프레임만 봅니다)", False)
+        else:
+            self.log.write(self._stamp({"event": "caught_up", "lag": round(lag, 3),
+                                        "skipped_frames": self.source.skipped}))
 
     def _drop(self, why: str) -> None:
         self.log.write(self._stamp({"event": "disconnected", "error": why, "stream_time": round(self.offset, 3)}))
@@ -266,7 +344,9 @@ class Watcher:
     def _connection(self) -> bool:
         """Caption one connection's frames; True when any frame came."""
         keep = self.cfg.max_segment + CLIP_BEFORE + 2 if self.cfg.keep_clips else 0.0
-        source = self.source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout, keep)
+        source = self.source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout, keep,
+                                          self.clock, self.sleep, self.cfg.input_format, self.cfg.input_options)
+        source.on_behind = self._behind
         if self.offset:
             self.log.write(self._stamp({"event": "reconnected", "stream_time": round(self.offset, 3)}))
         spec = SegmentSpec(max_segment=self.cfg.max_segment, min_shot=self.cfg.min_shot)
@@ -282,6 +362,8 @@ class Watcher:
                     pool.add(f)
                 end = f.time + 1.0 / source.fps
                 close = cuts[-1] if cuts else (end if end - start >= self.cfg.max_segment else None)
+                if source.behind and end - start < COALESCE * self.cfg.max_segment:
+                    close = None  # catching up: one caption for the stretch, not one per segment
                 if close is not None and close > start:
                     self._caption(pool, start, close)
                     pool.drop_before(close)

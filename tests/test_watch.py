@@ -205,3 +205,124 @@ def test_a_stream_that_dies_is_reconnected_and_goes_on(videos, tmp_path):
     after = [x for x in log()[reconnected:] if "text" in x]
     assert before and after and after[0]["stream_start"] >= before[-1]["stream_end"]  # time keeps growing
     assert server.connections >= 2 and "kvcap: interrupted" in stderr
+
+
+class Clock:
+    """Time that moves only when something waits or works: pacing tested without waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SlowCaptioner:
+    """Takes `cost` seconds of the clock per caption (a machine far too slow for the stream)
+    and records, per caption, the segment and how long after its end the caption began."""
+
+    def __init__(self, clock: Clock, cost: float):
+        self.clock, self.cost, self.made = clock, cost, []
+        self.encoder = self
+
+    def encode(self, images):
+        return images
+
+    def caption_features(self, batch):
+        self.clock.sleep(self.cost)
+        return [(type("Caption", (), {"text": "사람이 방에 있다."})(), 0.5)]
+
+
+def watch_slowly(video: Path, out: Path, catch_up: bool, monkeypatch) -> tuple[list[dict], SlowCaptioner]:
+    from kvcap import watch
+
+    if not catch_up:
+        monkeypatch.setattr(watch, "BEHIND", float("inf"))
+    clock = Clock()
+    captioner = SlowCaptioner(clock, cost=6.0)
+    cfg = watch.WatchConfig(str(video), out, max_segment=2.0, realtime=True)
+    watcher = watch.Watcher(cfg, captioner, lambda line, alert: None, clock=clock, sleep=clock.sleep)
+    started = []
+    real_caption = watcher._caption
+    watcher._caption = lambda pool, a, b: (started.append((clock.now, b)), real_caption(pool, a, b))
+    watcher.run()
+    captioner.made = [{"began": t, "segment_end": b} for t, b in started]
+    return records(out / "watch.jsonl"), captioner
+
+
+def test_realtime_falls_back_to_keyframes_and_keeps_up_when_captioning_is_slow(videos, tmp_path, monkeypatch):
+    """Captioning takes 6 s per 2-s segment: without catching up each caption starts later
+    than the last (minutes behind by the end); with it, keyframe-only stretches that become
+    one longer segment keep every caption one caption's cost from its picture, and the whole
+    video is still covered."""
+    video = videos / "office_people_entering.mp4"  # a keyframe every second
+    log, slow = watch_slowly(video, tmp_path / "on", True, monkeypatch)
+    lags = [m["began"] - m["segment_end"] for m in slow.made]
+    caps = [r for r in log if "text" in r]
+    assert max(lags) < 2.0, lags  # each segment captioned as it closes: BEHIND at most
+    assert caps[-1]["stream_end"] > 138.0  # to the end of the 139-s video
+    assert all(a["stream_end"] <= b["stream_start"] + 1e-6 for a, b in zip(caps, caps[1:]))
+    events = [r["event"] for r in log if "event" in r]
+    assert "behind" in events and "caught_up" in events
+    skipped = sum(r["skipped_frames"] for r in log if r.get("event") == "caught_up")
+    assert skipped > 500  # of 1,390 frames, most were not decoded
+
+    _, plain = watch_slowly(video, tmp_path / "off", False, monkeypatch)  # the same without catching up
+    assert max(m["began"] - m["segment_end"] for m in plain.made) > 100.0
+
+
+def test_a_missing_camera_or_unknown_input_format_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kvcap", "watch", "/dev/video97", "--out", tmp_path / "cam"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "kvcap: /dev/video97: no such device (is the camera connected?)"
+    proc = subprocess.run([sys.executable, "-m", "kvcap", "watch", "x", "--input-format", "webcam",
+                           "--out", tmp_path / "fmt"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "kvcap: bad --input-format 'webcam': FFmpeg here has no such input format"
+
+
+def test_an_ffmpeg_input_format_is_watched(tmp_path, monkeypatch):
+    """--input-format reaches FFmpeg: a lavfi test pattern (what a grab or a camera looks like
+    to kvcap: frames with no file behind them) is watched to its end, segment by segment."""
+    from kvcap import watch
+
+    assert watch.input_format("/dev/null") is None and watch.input_format("rtsp://cam/stream") is None
+    with monkeypatch.context() as m:  # no camera here: a V4L2 device as a path that exists
+        m.setattr(watch.os.path, "exists", lambda path: True)
+        assert watch.input_format("/dev/video0") == "v4l2"
+    clock = Clock()
+    cfg = watch.WatchConfig("testsrc2=size=320x240:rate=10:duration=6", tmp_path, max_segment=2.0,
+                            min_shot=10.0, input_format="lavfi")
+    watch.Watcher(cfg, SlowCaptioner(clock, cost=0.0), lambda line, alert: None).run()
+    caps = [r for r in records(tmp_path / "watch.jsonl") if "text" in r]
+    assert [(c["stream_start"], c["stream_end"]) for c in caps] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
+
+
+def test_an_rtmp_stream_pushed_to_watch_is_captioned_as_it_plays(videos, tmp_path):
+    """`--input-option listen=1`: an encoder pushes RTMP to kvcap (scripts/stream_file.py, as
+    OBS or a camera would); captions arrive while it plays and cover the whole clip."""
+    url = f"rtmp://127.0.0.1:{free_port()}/live/cam"
+    proc = start(url, "--input-option", "listen=1", "--max-segment", "2", "--out", tmp_path)
+    try:
+        wait_for(lambda: (tmp_path / "watch.jsonl").exists(), 60, proc)
+        script = Path(__file__).parents[1] / "scripts" / "stream_file.py"
+        for _ in range(100):  # the listener opens just after "started" is logged
+            push = subprocess.run([sys.executable, str(script), str(videos / "street_bikes.mp4"), url],
+                                  capture_output=True, text=True, timeout=60)
+            if "Connection refused" not in push.stderr:
+                break
+            time.sleep(0.2)
+        assert push.returncode == 0, push.stderr
+        log = wait_for(lambda: [r for r in records(tmp_path / "watch.jsonl") if r.get("event") == "disconnected"]
+                       and records(tmp_path / "watch.jsonl"), 30, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    caps = [r for r in log if "text" in r]
+    playing = _wall(next(r for r in log if r.get("event") == "playing"))
+    assert caps[-1]["stream_end"] > 9.0 and len(caps) >= 4
+    assert _wall(caps[0]) - playing < 5.0  # the first 2-s segment, not after the whole 10-s push
