@@ -191,14 +191,15 @@ class LiveSource:
         self.clock, self.sleep = clock, sleep
         self.behind = False
         self.skipped = 0  # frames not decoded since falling behind
+        self.last_key = -1e9  # stream time of the last keyframe packet
         self.on_behind: Callable[[bool, float], None] = lambda behind, lag: None
         self.keep = keep  # seconds of packets kept for clips (0: none)
         self.recent: collections.deque = collections.deque()  # (time from start, packet), oldest first
 
     def __iter__(self) -> Iterator[Frame]:
         t0, first, n, scalers = self.clock(), None, 0, {}
-        origin = None  # the first packet's time: how far behind the stream we are is told by packets,
-        for packet in self.container.demux(self.stream):  # as frames stop coming while we skip
+        origin = None  # the first packet's time: lag is told by packets, as frames stop while we skip
+        for packet in self.container.demux(self.stream):
             if self.keep and packet.pts is not None and packet.size:
                 self._remember(packet)
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -227,11 +228,11 @@ class LiveSource:
         """Fall behind past BEHIND seconds; catch up within CAUGHT_UP, at a keyframe (what comes
         after one decodes whole) or, in a stream that marks none, at once."""
         if key:
-            self._last_key = at
+            self.last_key = at
         if not self.behind and lag > BEHIND:
             self.behind, self.skipped = True, 0
             self.on_behind(True, lag)
-        elif self.behind and lag < CAUGHT_UP and (key or at - getattr(self, "_last_key", -1e9) > MAX_GOP):
+        elif self.behind and lag < CAUGHT_UP and (key or at - self.last_key > MAX_GOP):
             self.behind = False
             self.on_behind(False, lag)
 
@@ -345,7 +346,8 @@ class Watcher:
         """Caption one connection's frames; True when any frame came."""
         keep = self.cfg.max_segment + CLIP_BEFORE + 2 if self.cfg.keep_clips else 0.0
         source = self.source = LiveSource(self.cfg.source, self.cfg.realtime, self.cfg.timeout, keep,
-                                          self.clock, self.sleep, self.cfg.input_format, self.cfg.input_options)
+                                          clock=self.clock, sleep=self.sleep, format=self.cfg.input_format,
+                                          options=self.cfg.input_options)
         source.on_behind = self._behind
         if self.offset:
             self.log.write(self._stamp({"event": "reconnected", "stream_time": round(self.offset, 3)}))
