@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import korean
+from . import korean, sight
 from .decoding import beam_search_nbest
 from .korean import Vocab
 from .models import CaptionModel
@@ -54,18 +54,30 @@ def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, 
         pools = beam_search_nbest(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
                                   beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
                                   no_repeat_ngram=no_repeat_ngram, style=styles)
-        for pool in pools:
-            out.append(_choose((_caption(h, vocab, repair, check) for h in pool)))
+        probs = _class_probs(model, x, mask) if check and SIGHT_CHECK else [None] * len(pools)
+        for pool, p in zip(pools, probs):
+            out.append(_choose((_caption(h, vocab, repair, check, p) for h in pool)))
     return out
 
 
-def _caption(h, vocab: Vocab, repair: bool, check: bool) -> Caption:
+SIGHT_CHECK = True  # also pass over hypotheses naming an animal the classifier does not see
+
+
+def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> list:
+    if not getattr(model.config, "classes", 0):
+        return [None] * x.size(0)
+    with torch.no_grad():
+        return list(model.class_probs(x, mask).numpy())
+
+
+def _caption(h, vocab: Vocab, repair: bool, check: bool, probs=None) -> Caption:
     tokens = vocab.decode(h.ids)
     text = korean.detokenize(tokens)
     if repair:
         text = korean.repair(text)
     text = korean.finish_sentence(text)
-    return Caption(text, h.score, tokens, korean.sentence_problems(text) if check and text else [])
+    problems = korean.sentence_problems(text) + sight.problems(text, probs) if check and text else []
+    return Caption(text, h.score, tokens, problems)
 
 
 def _choose(candidates) -> Caption:

@@ -176,9 +176,15 @@ class LiveSource:
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  format: str | None = None, options: dict[str, str] | None = None):
         options = options or {}
-        wait = None if options.get("listen") == "1" else timeout  # a server waits for its publisher
-        self.container = av.open(source, format=input_format(source, format), options=options,
-                                 timeout=(wait, timeout), metadata_errors="ignore")
+        while True:
+            try:
+                self.container = av.open(source, format=input_format(source, format), options=options,
+                                         timeout=(timeout, timeout), metadata_errors="ignore")
+                break
+            except av.error.ExitError:  # the open timed out
+                if options.get("listen") != "1":
+                    raise
+                # a server waiting for its publisher: listen again (back in Python, a signal can end it)
         if not self.container.streams.video:
             self.container.close()
             raise KvcapError("no video stream to watch", source, "no_video")

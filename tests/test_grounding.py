@@ -146,3 +146,21 @@ def test_group_frames_spreads_keyframes_over_the_whole_group():
     feats = [np.full((4, 2, 3), i, np.float32) for i in range(4)]  # 16 keyframes, window i holds value i
     picked = group_frames(feats, max_frames=8)
     assert len(picked) == 8 and picked[0, 0, 0] == 0 and picked[-1, 0, 0] == 3
+
+
+def test_a_named_animal_the_classifier_does_not_see_is_a_problem():
+    """sight: '개' over a picture the ImageNet head calls a cockatoo (class 89) is flagged,
+    over a picture it calls a beagle (162) it is not; sentences naming no animal never are."""
+    import numpy as np
+
+    from kvcap import sight
+
+    bird, dog = np.full(1000, 0.1 / 999), np.full(1000, 0.1 / 999)
+    bird[89], dog[162] = 0.9, 0.9
+    assert sight.problems("검은 개가 바위 위에 앉아 있다.", bird) == ["names 개 the picture does not show"]
+    assert sight.problems("검은 개가 바위 위에 앉아 있다.", dog) == []
+    assert sight.problems("강아지가 뛰고 있다.", bird) == ["names 개 the picture does not show"]  # folded to 개
+    assert sight.problems("새 한 마리가 앉아 있다.", bird) == []
+    assert sight.problems("새 한 마리가 앉아 있다.", dog) == ["names 새 the picture does not show"]
+    assert sight.problems("한 남자가 길을 걷고 있다.", bird) == []
+    assert sight.problems("검은 개가 앉아 있다.", None) == []  # a model without the classifier head

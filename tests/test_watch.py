@@ -304,9 +304,10 @@ def test_an_ffmpeg_input_format_is_watched(tmp_path, monkeypatch):
 
 def test_an_rtmp_stream_pushed_to_watch_is_captioned_as_it_plays(videos, tmp_path):
     """`--input-option listen=1`: an encoder pushes RTMP to kvcap (scripts/stream_file.py, as
-    OBS or a camera would); captions arrive while it plays and cover the whole clip."""
+    OBS or a camera would); captions arrive while it plays and cover the whole clip; after
+    the push, kvcap listens again, and SIGTERM still ends it while it waits."""
     url = f"rtmp://127.0.0.1:{free_port()}/live/cam"
-    proc = start(url, "--input-option", "listen=1", "--max-segment", "2", "--out", tmp_path)
+    proc = start(url, "--input-option", "listen=1", "--max-segment", "2", "--timeout", "2", "--out", tmp_path)
     try:
         wait_for(lambda: (tmp_path / "watch.jsonl").exists(), 60, proc)
         script = Path(__file__).parents[1] / "scripts" / "stream_file.py"
@@ -319,9 +320,13 @@ def test_an_rtmp_stream_pushed_to_watch_is_captioned_as_it_plays(videos, tmp_pat
         assert push.returncode == 0, push.stderr
         log = wait_for(lambda: [r for r in records(tmp_path / "watch.jsonl") if r.get("event") == "disconnected"]
                        and records(tmp_path / "watch.jsonl"), 30, proc)
-    finally:
+        time.sleep(5)  # past the 1-s backoff and a 2-s listening timeout: waiting for the next push
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        assert proc.wait(30) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    assert records(tmp_path / "watch.jsonl")[-1]["event"] == "stopped"
     caps = [r for r in log if "text" in r]
     playing = _wall(next(r for r in log if r.get("event") == "playing"))
     assert caps[-1]["stream_end"] > 9.0 and len(caps) >= 4
