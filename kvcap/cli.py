@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import KvcapError, crash_report, describe_os_error
+from .errors import Interrupted, KvcapError, crash_report, describe_os_error, interrupt
 from .inputs import expand_inputs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -532,25 +532,11 @@ def serve(
     run_server(settings, captioner, sock)
 
 
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM. Not a KeyboardInterrupt, which click turns into an exit before main()
-    sees it; raised from the signal handler, it unwinds through every `finally` that removes
-    a temporary output."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame) -> None:
-    raise Interrupted(signum)
-
-
 def main() -> None:
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, interrupt)
     try:
         app()
     except (Interrupted, KeyboardInterrupt) as exc:

@@ -41,3 +41,29 @@ def crash_report(exc: BaseException, context: str) -> Path:
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"{context}\n{''.join(traceback.format_exception(exc))}\n")
     return path
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. Not a KeyboardInterrupt, which click turns into an exit before main()
+    sees it; raised from the signal handler, it unwinds through every `finally` that removes
+    a temporary output."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_signalled: list[int] = []
+
+
+def interrupt(signum: int, frame) -> None:
+    """The CLI's SIGINT/SIGTERM handler."""
+    _signalled.append(signum)
+    raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise again a signal whose Interrupted was lost: PyAV runs Python signal handlers inside
+    its timeout callback and drops what they raise (seen on a listening RTMP source)."""
+    if _signalled:
+        raise Interrupted(_signalled[0])

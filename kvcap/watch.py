@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import av
 from . import korean
-from .errors import KvcapError
+from .errors import KvcapError, check_interrupted
 from .frames import KeyframePool
 from .outputs import timestamp
 from .shots import SegmentSpec, ShotDetector, detect_size
@@ -181,10 +181,11 @@ class LiveSource:
                 self.container = av.open(source, format=input_format(source, format), options=options,
                                          timeout=(timeout, timeout), metadata_errors="ignore")
                 break
-            except av.error.ExitError:  # the open timed out
+            except av.error.ExitError:  # the open timed out (or a signal came while it waited)
+                check_interrupted()
                 if options.get("listen") != "1":
                     raise
-                # a server waiting for its publisher: listen again (back in Python, a signal can end it)
+                # a server waiting for its publisher: listen again
         if not self.container.streams.video:
             self.container.close()
             raise KvcapError("no video stream to watch", source, "no_video")
@@ -206,6 +207,7 @@ class LiveSource:
         t0, first, n, scalers = self.clock(), None, 0, {}
         origin = None  # the first packet's time: lag is told by packets, as frames stop while we skip
         for packet in self.container.demux(self.stream):
+            check_interrupted()
             if self.keep and packet.pts is not None and packet.size:
                 self._remember(packet)
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -319,6 +321,7 @@ class Watcher:
                         break
                     self._drop("ended")
                 except (av.error.FFmpegError, OSError) as exc:
+                    check_interrupted()  # a read cut short by a signal PyAV swallowed
                     if not is_live(self.cfg.source):
                         raise KvcapError(f"cannot read the video ({exc})", self.cfg.source, "damaged") from None
                     failures += 1
