@@ -54,13 +54,10 @@ def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, 
         pools = beam_search_nbest(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
                                   beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
                                   no_repeat_ngram=no_repeat_ngram, style=styles)
-        probs = _class_probs(model, x, mask) if check and SIGHT_CHECK else [None] * len(pools)
+        probs = _class_probs(model, x, mask) if check else [None] * len(pools)  # for sight.problems
         for pool, p in zip(pools, probs):
             out.append(_choose((_caption(h, vocab, repair, check, p) for h in pool)))
     return out
-
-
-SIGHT_CHECK = True  # also pass over hypotheses naming an animal the classifier does not see
 
 
 def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> list:
