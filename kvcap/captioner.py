@@ -95,7 +95,7 @@ class Captioner:
         self.beam = beam or int(decoding.get("beam", 3))
         self.length_penalty = float(decoding.get("length_penalty", 0.7))
         self.keyframes = keyframes
-        self.confidence = confidence.Calibration.from_meta(loaded.meta)
+        self.confidence = confidence.Calibration.for_model(loaded)
         self.threads = threads or os.cpu_count() or 1
         self.decode_threads = decode_threads  # 0: FFmpeg decides (best for one process alone)
         torch.set_num_threads(self.threads)

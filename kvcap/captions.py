@@ -19,6 +19,7 @@ class Caption:
     score: float
     tokens: list[str]
     problems: list[str] = field(default_factory=list)  # korean.sentence_problems of the text kept
+    rank: float = 0.0  # the beam's length-penalised log probability (for choosing among hypotheses)
 
 
 def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +45,22 @@ def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, 
     names a caption style of the model ("general": short and general), else the model
     picks one per segment.
     """
-    out: list[Caption] = []
+    return [_choose(pool) for pool in _pools(model, vocab, feats, beam=beam, length_penalty=length_penalty,
+                                             no_repeat_ngram=no_repeat_ngram, batch_size=batch_size,
+                                             repair=repair, check=check, style=style)]
+
+
+def candidates(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], **kw) -> list[list[Caption]]:
+    """Every finished beam hypothesis of each segment, best rank first, problems listed
+    (the arguments of `generate`)."""
+    return [list(pool) for pool in _pools(model, vocab, feats, **kw)]
+
+
+def _pools(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
+           length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
+           repair: bool = True, check: bool = True, style: str | None = None):
+    """Per segment, a generator of its hypotheses as Captions (made lazily: most often only
+    the first is needed)."""
     banned = (vocab.pad_id, vocab.bos_id, vocab.unk_id)
     for s in range(0, len(feats), batch_size):
         x, mask = pad_segments(feats[s : s + batch_size])
@@ -56,8 +72,7 @@ def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, 
                                   no_repeat_ngram=no_repeat_ngram, style=styles)
         probs = _class_probs(model, x, mask) if check else [None] * len(pools)  # for sight.problems
         for pool, p in zip(pools, probs):
-            out.append(_choose((_caption(h, vocab, repair, check, p) for h in pool)))
-    return out
+            yield (_caption(h, vocab, repair, check, p) for h in pool)
 
 
 def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> list:
@@ -74,7 +89,7 @@ def _caption(h, vocab: Vocab, repair: bool, check: bool, probs=None) -> Caption:
         text = korean.repair(text)
     text = korean.finish_sentence(text)
     problems = korean.sentence_problems(text) + sight.problems(text, probs) if check and text else []
-    return Caption(text, h.score, tokens, problems)
+    return Caption(text, h.score, tokens, problems, h.rank)
 
 
 def _choose(candidates) -> Caption:

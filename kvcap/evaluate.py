@@ -13,6 +13,7 @@ Per dataset: BLEU/METEOR/ROUGE-L/CIDEr-D and grounding (noun precision, recall, 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def evaluate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *,
     if baselines and not train:
         raise KvcapError("no training examples left for the baselines")
 
-    cal = Calibration.from_meta(loaded.meta)
+    cal = Calibration.for_model(loaded)
     report: dict = {"model": loaded.name, "split": split, "beam": beam, "style": style or "auto", "datasets": {}}
     shown: list[dict] = []
     for name, chosen in data.chosen.items():
@@ -131,15 +132,18 @@ def evaluate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *,
 
 
 def calibrate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *, progress: bool = True) -> dict:
-    """Fit the model's confidence calibration on its validation split and store it in config.json."""
+    """Fit the model's noun witness on its training split, then its confidence calibration
+    (and how decoding weighs the witness) on its validation split; store them in the folder."""
     from .confidence import calibrate_folder
 
     model_dir = Path(model_dir) if model_dir else modelfile.default_dir()
     loaded = modelfile.load(model_dir)  # a missing or damaged model is refused before the data is read
     data = load_split(model_dir, data_paths, fmt, root, "validation", progress)
     idx = [i for chosen in data.chosen.values() for i in chosen]
+    train = ([data.feats[i] for i in data.train], [data.examples[i].captions for i in data.train])
     return calibrate_folder(model_dir, loaded, [data.feats[i].astype(np.float32) for i in idx],
-                            [data.examples[i].captions for i in idx])
+                            [data.examples[i].captions for i in idx], train=train,
+                            report=(lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
 
 
 def score(hyps: dict, refs: dict) -> dict:

@@ -114,6 +114,7 @@ def _lemmas_of(tokens) -> list[str]:
 
 
 # nouns that place or frame a thing rather than name one: '위', '앞', '배경' are true of any picture
+SELF_PLACES = {"위", "아래", "안", "속"}  # 'X 위에 X가': nothing is on, under or in itself
 RELATIONAL_NOUNS = {
     "위", "아래", "앞", "뒤", "옆", "안", "속", "밖", "가운데", "한가운데", "사이", "근처", "주변", "주위", "쪽", "곳",
     "중", "모습", "사진", "장면", "배경", "바탕", "한쪽", "맞은편", "건너편", "너머", "가장자리", "부분", "정면", "모양",
@@ -258,7 +259,9 @@ def sentence_problems(text: str) -> list[str]:
     """What is wrong with a generated sentence as a description, by Kiwi's analysis.
 
     - "no subject": nothing marked as subject ('흰 바탕 위에 앉아 있다.');
-    - "thing verb with a living subject": '남자가 … 놓여 있다', '강아지가 … 주차되어 있다'.
+    - "thing verb with a living subject": '남자가 … 놓여 있다', '강아지가 … 주차되어 있다';
+    - "subject on or in itself": '탁자 위에 탁자가 놓여 있다' (beside or in front of one of its
+      own kind is possible: '개 옆에 개가 있다' passes).
     An empty list means none was found. Used to pass over such beam hypotheses.
     """
     toks = kiwi().tokenize(normalize(text))
@@ -273,6 +276,10 @@ def sentence_problems(text: str) -> list[str]:
                 subjects.append(toks[j].form)
     if not subjects:
         problems.append("no subject")
+    places = {toks[i - 1].form for i, t in enumerate(toks)
+              if i and t.form in SELF_PLACES and t.tag == "NNG" and toks[i - 1].tag.startswith("NN")}
+    if subjects and subjects[-1] in places:
+        problems.append("subject on or in itself")
     # the main predicate is the last verb ('서 있다' in '물건이 놓인 탁자 옆에 남자가 서 있다')
     verbs = [t.form for i, t in enumerate(toks) if t.tag.startswith("VV")
              or (t.tag == "NNG" and i + 1 < len(toks) and toks[i + 1].tag == "XSV")]

@@ -1,4 +1,5 @@
-"""A model is a folder: config.json + model.safetensors + vocab.json (+ README.md, the card).
+"""A model is a folder: config.json + model.safetensors + vocab.json (+ README.md, the card;
++ witness.safetensors, the noun witness that decoding consults, witness.py).
 
 Loading reads JSON and safetensors only, so a model folder from anywhere executes no
 code. The default model ships inside the package and loads the same way.
@@ -29,6 +30,7 @@ class Loaded:
     vocab: Vocab
     name: str
     meta: dict = field(default_factory=dict)  # training data, decoding defaults, scores
+    witness: object = None  # witness.NounWitness, where the folder has witness.safetensors
 
 
 def default_dir() -> Path:
@@ -131,4 +133,9 @@ def load(folder: str | Path | None = None) -> Loaded:
     except RuntimeError as exc:
         raise KvcapError(f"weights do not match the config ({str(exc).splitlines()[0]})", folder) from None
     model.eval()
-    return Loaded(model, vocab, config.get("name", folder.name), config)
+    from .witness import NounWitness
+
+    witness = NounWitness.load(folder)
+    if witness is not None and witness.mean.numel() != model_cfg.feature_dim:
+        raise KvcapError("witness.safetensors does not match the model's features", folder)
+    return Loaded(model, vocab, config.get("name", folder.name), config, witness)

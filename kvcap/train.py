@@ -492,12 +492,16 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     return result
 
 
-def calibrate_on_validation(best: modelfile.Loaded, prep: Prepared, out: Path) -> dict:
-    """Fit the kept model's confidence calibration and say-less threshold (confidence.py)."""
+def calibrate_on_validation(best: modelfile.Loaded, prep: Prepared, out: Path, report=lambda m: None) -> dict:
+    """Fit the kept model's noun witness on the training photos (witness.py), then how
+    decoding weighs it and the confidence calibration on validation (confidence.py)."""
     from .confidence import calibrate_folder
 
+    train = sorted({i for i, _, _ in prep.pairs})
     return calibrate_folder(out, best, [prep.feats[i].float().numpy() for i in prep.val],
-                            [prep.refs[i] for i in prep.val])
+                            [prep.refs[i] for i in prep.val],
+                            train=([prep.feats[i].numpy() for i in train], [prep.examples[i].captions for i in train]),
+                            report=report)
 
 
 def test_scores(model, prep: Prepared, out: Path, cfg: TrainConfig, state: dict) -> dict:

@@ -191,7 +191,8 @@ def test_two_datasets_train_one_model_with_splits_and_scores_per_dataset(two_dat
     assert {"val_cider_koflickr", "val_cider_koscenes", "val_noun_precision_koscenes"} <= set(rows[0])
     # calibrated on validation (a model this small may name no noun yet: then no table)
     assert config["confidence"]["fitted_on"] == f"validation, {sum(len(split[n]['validation']) for n in split)} examples"
-    assert set(config["confidence"]["tables"]) <= {"auto", "general"}
+    assert set(config["confidence"]["tables"]) <= {"auto", "general", "support"}
+    assert (out / "witness.safetensors").exists() and config["confidence"]["weight"] > 0  # a noun witness, tuned
 
 
 def test_evaluate_reports_every_dataset_of_a_manifest(two_dataset_run):
