@@ -36,14 +36,14 @@ def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tenso
 
 def generate(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
              length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
-             repair: bool = True, check: bool = True, style: str | None = None) -> list[Caption]:
+             repair: bool = True, check: bool = True, style: str | Sequence | None = None) -> list[Caption]:
     """One caption per segment; each segment is a (T, R, D) array of frame features.
 
     With `check`, the best beam hypothesis that `korean.sentence_problems` finds nothing
     wrong with is kept (no subject, a living subject with a thing's verb); if every
     hypothesis has a problem, the best one is kept with its problems listed. `style`
     names a caption style of the model ("general": short and general), else the model
-    picks one per segment.
+    picks one per segment; a list gives one per segment (None: the model's pick).
     """
     return [_choose(pool) for pool in _pools(model, vocab, feats, beam=beam, length_penalty=length_penalty,
                                              no_repeat_ngram=no_repeat_ngram, batch_size=batch_size,
@@ -58,21 +58,30 @@ def candidates(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *
 
 def _pools(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
            length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
-           repair: bool = True, check: bool = True, style: str | None = None):
+           repair: bool = True, check: bool = True, style: str | Sequence | None = None):
     """Per segment, a generator of its hypotheses as Captions (made lazily: most often only
     the first is needed)."""
     banned = (vocab.pad_id, vocab.bos_id, vocab.unk_id)
     for s in range(0, len(feats), batch_size):
         x, mask = pad_segments(feats[s : s + batch_size])
-        styles = None
-        if style is not None:
-            styles = torch.full((x.size(0),), model.config.style_id(style), dtype=torch.long)
+        styles = _style_ids(model, style, s, x.size(0))
         pools = beam_search_nbest(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
                                   beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
                                   no_repeat_ngram=no_repeat_ngram, style=styles)
         probs = _class_probs(model, x, mask) if check else [None] * len(pools)  # for sight.problems
         for pool, p in zip(pools, probs):
             yield (_caption(h, vocab, repair, check, p) for h in pool)
+
+
+def _style_ids(model: CaptionModel, style, start: int, n: int) -> torch.Tensor | None:
+    """Style ids of segments start..start+n: `style` is one name for all, or a name (None: the
+    model's own choice, -1) per segment; None if every segment is the model's choice."""
+    if style is None:
+        return None
+    names = [style] * n if isinstance(style, str) else list(style[start : start + n])
+    if all(name is None for name in names):
+        return None
+    return torch.tensor([-1 if name is None else model.config.style_id(name) for name in names], dtype=torch.long)
 
 
 def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> list:

@@ -271,10 +271,15 @@ def calibrate(model, vocab, feats: Sequence[np.ndarray], refs: Sequence[Sequence
 
 def both_styles(model, vocab, segments: Sequence[np.ndarray], **kw) -> tuple[list[list[Caption]], list[list[Caption]]]:
     """Every beam hypothesis per segment in the model's own style and in its general style
-    (empty pools for a model without one)."""
-    own = candidates(model, vocab, segments, **kw)
-    general = (candidates(model, vocab, segments, style="general", **kw) if model.config.general
-               else [[] for _ in segments])
+    (empty pools for a model without one), searched side by side in one batch."""
+    if not model.config.general:
+        return candidates(model, vocab, segments, **kw), [[] for _ in segments]
+    own, general = [], []
+    for s in range(0, len(segments), 16):  # 16 segments twice: one batch of 32
+        part = list(segments[s : s + 16])
+        pools = candidates(model, vocab, part + part, style=[None] * len(part) + ["general"] * len(part), **kw)
+        own += pools[: len(part)]
+        general += pools[len(part) :]
     return own, general
 
 

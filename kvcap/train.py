@@ -403,7 +403,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     higher_better = cfg.select == "cider"
     meta = {"name": out.name, "data": [{"name": s.name, "path": Path(s.path).name, "format": s.format}
                                         for s in specs],
-            "decoding": {"beam": 5}}  # chosen on koflickr validation
+            "decoding": {"beam": 8}}  # the noun witness chooses among the finished hypotheses (package_model.py)
 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1

@@ -17,6 +17,9 @@ import pytest
 
 from kvcap import korean
 
+# wall-clock assertions (captions within seconds of the picture): run alone, not beside other tests
+pytestmark = pytest.mark.timing
+
 
 def start(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kvcap", "watch", *map(str, args)], stdout=subprocess.PIPE,

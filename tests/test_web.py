@@ -270,6 +270,7 @@ def test_job_ids_are_random(web, videos):
     assert 60 < sum(bits) / len(bits) < 68 and min(bits) > 30
 
 
+@pytest.mark.timing  # each answer within a second: run alone, not beside other tests
 def test_status_under_load_and_queue(web, videos):
     """While a job runs, 50 concurrent status requests are each answered within a second;
     a second and a third upload wait in the queue and finish."""

@@ -78,8 +78,8 @@ class Attend(CaptionModel):
         if self.config.classes:
             bias = bias + torch.relu(self.attr_in(self.class_probs(feats, frame_mask)))
         if self.config.n_styles:
-            if style is None:
-                style = self.source_logits(mean).argmax(-1)
+            own = self.source_logits(mean).argmax(-1)
+            style = own if style is None else torch.where(style < 0, own, style)  # < 0: the model's choice
             bias = bias + self.style(style)
         start = mean + bias
         state = (torch.tanh(self.init_h(start)), torch.tanh(self.init_c(start)))

@@ -89,7 +89,8 @@ class CaptionModel(nn.Module):
     config: ModelConfig
 
     def prepare(self, feats: torch.Tensor, frame_mask: torch.Tensor, style: torch.Tensor | None = None):
-        """Memory and initial state; `style` (B,) picks a caption style where the model has them."""
+        """Memory and initial state; `style` (B,) picks a caption style where the model has them
+        (an entry below 0: the style the model picks for that segment)."""
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state, memory):
