@@ -20,6 +20,7 @@ class Caption:
     tokens: list[str]
     problems: list[str] = field(default_factory=list)  # korean.sentence_problems of the text kept
     rank: float = 0.0  # the beam's length-penalised log probability (for choosing among hypotheses)
+    nouns: set[str] | None = None  # korean.nouns_many of the text, where the checks found them
 
 
 def pad_segments(feats: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +98,9 @@ def _caption(h, vocab: Vocab, repair: bool, check: bool, probs=None) -> Caption:
     if repair:
         text = korean.repair(text)
     text = korean.finish_sentence(text)
-    problems = korean.sentence_problems(text) + sight.problems(text, probs) if check and text else []
-    return Caption(text, h.score, tokens, problems, h.rank)
+    nouns = korean.nouns_many([text])[0] if check and text else None
+    problems = korean.sentence_problems(text) + sight.problems(text, probs, nouns) if check and text else []
+    return Caption(text, h.score, tokens, problems, h.rank, nouns)
 
 
 def _choose(candidates) -> Caption:

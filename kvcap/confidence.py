@@ -29,6 +29,7 @@ import numpy as np
 
 from .captions import Caption, candidates, generate
 from .errors import KvcapError
+from . import witness as noun_witness
 
 
 def isotonic(x: Sequence[float], y: Sequence[float], w: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +61,7 @@ class Calibration:
     def for_model(cls, loaded) -> "Calibration":
         """A loaded model's calibration, with its noun witness where it has one and was tuned."""
         cal = cls.from_meta(loaded.meta)
-        if getattr(loaded, "witness", None) is not None and cal.weight > 0 and "support" in cal.tables:
+        if loaded.witness is not None and cal.weight > 0 and "support" in cal.tables:
             cal.witness = loaded.witness
         return cal
 
@@ -112,7 +113,7 @@ class Calibration:
         and the caption's confidence."""
         if self.witness is not None:
             own, general = both_styles(model, vocab, segments, beam=beam, length_penalty=length_penalty)
-            return self.choose(own, general, self.witness.probs(pooled(segments)))
+            return self.choose(own, general, self.witness.probs(noun_witness.pooled(segments)))
         caps = generate(model, vocab, segments, beam=beam, length_penalty=length_penalty)
         return self.say_less(caps, lambda idx, style: generate(
             model, vocab, [segments[i] for i in idx], beam=beam, length_penalty=length_penalty, style=style))
@@ -124,8 +125,10 @@ class Calibration:
         threshold, the best of the general style alone."""
         from .korean import nouns_many
 
-        texts = sorted({c.text for pools in (own, general) for pool in pools for c in pool})
-        nouns = dict(zip(texts, nouns_many(texts)))
+        missing = sorted({c.text for pools in (own, general) for pool in pools for c in pool if c.nouns is None})
+        nouns = dict(zip(missing, nouns_many(missing)))
+        nouns.update({c.text: c.nouns for pools in (own, general) for pool in pools for c in pool
+                      if c.nouns is not None})
         out = []
         for mine, gen, p in zip(own, general, probs):
             best = self._best(mine, gen, p, nouns)
@@ -201,17 +204,16 @@ def calibrate_folder(folder, loaded, feats: Sequence[np.ndarray], refs: Sequence
     decoding = loaded.meta.get("decoding", {})
     kw = dict(beam=int(decoding.get("beam", 5)), length_penalty=float(decoding.get("length_penalty", 0.7)))
     if train is not None:
-        from . import witness
-
         train_feats, train_refs = train
         try:
-            witness.fit(pooled(train_feats).numpy(), witness.named_nouns(train_refs), report=report).save(folder)
-            loaded.witness = witness.NounWitness.load(folder)  # as stored (float16), as decoding will see it
+            noun_witness.fit(noun_witness.pooled(train_feats).numpy(), noun_witness.named_nouns(train_refs),
+                             report=report).save(folder)
+            loaded.witness = noun_witness.NounWitness.load(folder)  # as stored (float16), as decoding will see it
         except KvcapError as exc:  # too little data: decode without one (a stale one would not fit)
             report(str(exc))
             loaded.witness = None
-            (Path(folder) / witness.FILE).unlink(missing_ok=True)
-    if getattr(loaded, "witness", None) is not None:
+            (Path(folder) / noun_witness.FILE).unlink(missing_ok=True)
+    if loaded.witness is not None:
         cal = tune(loaded.model, loaded.vocab, loaded.witness, feats, refs, **kw)
     else:
         cal = calibrate(loaded.model, loaded.vocab, feats, refs, **kw)
@@ -233,7 +235,7 @@ def tune(model, vocab, witness, feats: Sequence[np.ndarray], refs: Sequence[Sequ
     from .metrics import evaluate, grounding
 
     own, general = both_styles(model, vocab, list(feats), beam=beam, length_penalty=length_penalty)
-    probs = witness.probs(pooled(feats))
+    probs = witness.probs(noun_witness.pooled(feats))
     keys = list(range(len(feats)))
     best, best_value = None, -1.0
     for weight in WEIGHTS:
@@ -282,9 +284,3 @@ def both_styles(model, vocab, segments: Sequence[np.ndarray], **kw) -> tuple[lis
         general += pools[len(part) :]
     return own, general
 
-
-def pooled(segments: Sequence[np.ndarray]):
-    """(B, D) mean over frames and regions of each (T, R, D) segment, for the witness."""
-    import torch
-
-    return torch.from_numpy(np.stack([np.asarray(s, np.float32).mean(axis=(0, 1)) for s in segments]))

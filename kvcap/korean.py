@@ -114,12 +114,12 @@ def _lemmas_of(tokens) -> list[str]:
 
 
 # nouns that place or frame a thing rather than name one: '위', '앞', '배경' are true of any picture
-SELF_PLACES = {"위", "아래", "안", "속"}  # 'X 위에 X가': nothing is on, under or in itself
 RELATIONAL_NOUNS = {
     "위", "아래", "앞", "뒤", "옆", "안", "속", "밖", "가운데", "한가운데", "사이", "근처", "주변", "주위", "쪽", "곳",
     "중", "모습", "사진", "장면", "배경", "바탕", "한쪽", "맞은편", "건너편", "너머", "가장자리", "부분", "정면", "모양",
     "위쪽", "아래쪽", "앞쪽", "뒤쪽", "안쪽", "바깥", "바깥쪽", "하나", "무언가", "뭔가", "화면", "카메라", "이쪽",
 }
+SELF_PLACES = {"위", "아래", "안", "속"}  # 'X 위에 X가': nothing is on, under or in itself
 # surface variants of one thing, counted as one noun when grounding is scored
 NOUN_SYNONYMS = {
     "남성": "남자", "여성": "여자", "사내": "남자", "아이": "어린이", "꼬마": "어린이", "애": "어린이", "아기": "어린이",

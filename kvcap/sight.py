@@ -29,14 +29,15 @@ ANIMALS: dict[str, list[int]] = {
 }
 
 
-def unseen_animals(text: str, probs: np.ndarray) -> list[str]:
-    """The animals `text` names that the class probabilities `probs` (1000,) do not show."""
-    named = korean.nouns_many([text])[0]
+def unseen_animals(text: str, probs: np.ndarray, nouns: set[str] | None = None) -> list[str]:
+    """The animals `text` names (its `nouns`, if already found) that the class probabilities
+    `probs` (1000,) do not show."""
+    named = korean.nouns_many([text])[0] if nouns is None else nouns
     return [a for a in ANIMALS if a in named and float(probs[ANIMALS[a]].sum()) < MIN_MASS]
 
 
-def problems(text: str, probs: np.ndarray | None) -> list[str]:
+def problems(text: str, probs: np.ndarray | None, nouns: set[str] | None = None) -> list[str]:
     """Sentence problems in the form `korean.sentence_problems` gives them."""
     if probs is None:
         return []
-    return [f"names {a} the picture does not show" for a in unseen_animals(text, probs)]
+    return [f"names {a} the picture does not show" for a in unseen_animals(text, probs, nouns)]

@@ -100,14 +100,20 @@ class NounWitness(nn.Module):
                     raise ValueError("bad nouns or hidden size in the metadata")
                 shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
                 dim = shapes.get("mean", (0,))[0]
-                witness = cls(nouns, dim, hidden) if 1 <= dim <= 16384 else None
-                expected = {k: tuple(v.shape) for k, v in witness.state_dict().items()} if witness else None
-                if shapes != expected:
+                if not 1 <= dim <= 16384:
+                    raise ValueError(f"feature size {dim}")
+                witness = cls(nouns, dim, hidden)
+                if shapes != {k: tuple(v.shape) for k, v in witness.state_dict().items()}:
                     raise ValueError("tensor shapes do not match the nouns")
                 witness.load_state_dict({k: f.get_tensor(k).float() for k in f.keys()})
         except (ValueError, KeyError, TypeError, OSError, SafetensorError, json.JSONDecodeError) as exc:
             raise KvcapError(f"damaged noun witness ({exc})", path) from None
         return witness.eval()
+
+
+def pooled(segments: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, D) mean over frames and regions of each (T, R, D) segment: the witness's input."""
+    return torch.from_numpy(np.stack([np.asarray(s, np.float32).mean(axis=(0, 1)) for s in segments]))
 
 
 def named_nouns(refs: Sequence[Sequence[str]]) -> list[set[str]]:
