@@ -404,6 +404,42 @@ def calibrate(
 
 
 @app.command()
+def finetune(
+    data: List[Path] = typer.Argument(..., help="The datasets the model was trained on (or a *.manifest.json)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder to start from (it is not changed)."),
+    out: Path = typer.Option(Path("runs/finetuned"), "--out", "-o", help="Model folder to write."),
+    format: str = typer.Option("aihub-coco", "--format"),
+    root: Optional[Path] = typer.Option(None, "--root"),
+    epochs: int = typer.Option(1, "--epochs"),
+    samples: int = typer.Option(5, "--samples", help="Captions sampled per picture (at least 2)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pictures per step."),
+    lr: float = typer.Option(5e-5, "--lr"),
+    noun_weight: float = typer.Option(0.0, "--noun-weight",
+                                      help="Reward per named noun that a reference names, penalty per one none names."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training pictures."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Self-critical fine-tuning: sample captions, reward CIDEr-D and true nouns (scst.py)."""
+    from .scst import FinetuneConfig, finetune as run
+
+    try:
+        for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--limit", limit)):
+            at_least(option, value, 1)
+        at_least("--samples", samples, 2)
+        above("--lr", lr)
+        at_least("--noun-weight", noun_weight, 0)
+        result = run(FinetuneConfig(data=[str(d) for d in data], model=str(model), out=str(out), format=format,
+                                    root=str(root) if root else None, epochs=epochs, samples=samples,
+                                    batch_size=batch_size, lr=lr, noun_weight=noun_weight, limit=limit,
+                                    resume=resume, quiet=quiet))
+    except KvcapError as exc:
+        fail(str(exc))
+        raise typer.Exit(2)
+    print(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+@app.command()
 def batch(
     inputs: List[str] = typer.Argument(None, help="Videos, images, folders (recursive) or globs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; holds the manifest too."),

@@ -82,40 +82,51 @@ def bleu(hyps: Hyps, refs: Refs, n: int = 4) -> list[float]:
     return scores
 
 
-def cider_d(hyps: Hyps, refs: Refs, n: int = 4, sigma: float = 6.0) -> tuple[float, dict]:
-    keys = list(hyps)
-    ref_counts = {k: [_ngrams(r.split(), n) for r in refs[k]] for k in keys}
-    df: Counter = Counter()
-    for k in keys:
-        df.update({g for c in ref_counts[k] for g in c})
-    log_n = math.log(float(len(keys)))
+class CiderD:
+    """CIDEr-D of hypotheses against fixed references: `refs` holds one list of tokenised
+    references per item, and the idf comes from them. Fine-tuning (scst.py) scores many
+    samples against the training references with one of these."""
 
-    def vec(counts: Counter):
-        v = [dict() for _ in range(n)]
-        norm = [0.0] * n
+    def __init__(self, refs: Sequence[Sequence[Sequence]], n: int = 4, sigma: float = 6.0):
+        self.n, self.sigma = n, sigma
+        counts = [[_ngrams(r, n) for r in item] for item in refs]
+        self.df: Counter = Counter()
+        for item in counts:
+            self.df.update({g for c in item for g in c})
+        self.log_n = math.log(float(max(1, len(refs))))
+        self.refs = [[self._vec(c) for c in item] for item in counts]
+
+    def _vec(self, counts: Counter):
+        v = [dict() for _ in range(self.n)]
+        norm = [0.0] * self.n
         length = 0
         for g, tf in counts.items():
             i = len(g) - 1
-            w = float(tf) * (log_n - math.log(max(1.0, df[g])))
+            w = float(tf) * (self.log_n - math.log(max(1.0, self.df[g])))
             v[i][g] = w
             norm[i] += w * w
             if i == 1:  # pycocoevalcap measures length in bigrams; kept for comparability
                 length += tf
         return v, [math.sqrt(x) for x in norm], length
 
-    per = {}
-    for k in keys:
-        hv, hn, hl = vec(_ngrams(hyps[k].split(), n))
-        total = [0.0] * n
-        for rc in ref_counts[k]:
-            rv, rn, rl = vec(rc)
+    def score(self, item: int, words: Sequence) -> float:
+        """CIDEr-D (x10) of one hypothesis (a token sequence) against item `item`'s references."""
+        hv, hn, hl = self._vec(_ngrams(words, self.n))
+        total = [0.0] * self.n
+        for rv, rn, rl in self.refs[item]:
             delta = float(hl - rl)
-            for i in range(n):
+            for i in range(self.n):
                 val = sum(min(w, rv[i].get(g, 0.0)) * rv[i].get(g, 0.0) for g, w in hv[i].items())
                 if hn[i] != 0 and rn[i] != 0:
                     val /= hn[i] * rn[i]
-                total[i] += val * math.e ** (-(delta**2) / (2 * sigma**2))
-        per[k] = sum(total) / n / len(ref_counts[k]) * 10.0
+                total[i] += val * math.e ** (-(delta**2) / (2 * self.sigma**2))
+        return sum(total) / self.n / len(self.refs[item]) * 10.0
+
+
+def cider_d(hyps: Hyps, refs: Refs, n: int = 4, sigma: float = 6.0) -> tuple[float, dict]:
+    keys = list(hyps)
+    scorer = CiderD([[r.split() for r in refs[k]] for k in keys], n, sigma)
+    per = {k: scorer.score(i, hyps[k].split()) for i, k in enumerate(keys)}
     return (sum(per.values()) / len(per) if per else 0.0), per
 
 

@@ -300,7 +300,7 @@ def score_per_source(model, prep: Prepared, indices: list[int], beam: int = 1) -
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(folder: Path, model, opt, state: dict) -> None:
+def save_checkpoint(folder: Path, model, opt, state: dict) -> None:
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -324,7 +324,7 @@ def _save_checkpoint(folder: Path, model, opt, state: dict) -> None:
         old.rmdir()
 
 
-def _remove_stale_checkpoints(folder: Path) -> None:
+def remove_stale_checkpoints(folder: Path) -> None:
     """Half-written checkpoints (`checkpoint.tmp<pid>`, `.old<pid>`) of a process killed while saving."""
     for p in folder.parent.glob(folder.name + ".*"):
         m = re.fullmatch(re.escape(folder.name) + r"\.(tmp|old)(\d+)", p.name)
@@ -332,7 +332,7 @@ def _remove_stale_checkpoints(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, model, opt) -> dict:
+def load_checkpoint(folder: Path, model, opt) -> dict:
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     tensors = load_file(str(folder / "optim.safetensors"))
     meta = json.loads((folder / "optim.json").read_text())
@@ -367,7 +367,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if not cfg.resume and (out / "config.json").exists():
             raise KvcapError("a model is already there (use --resume to continue it, or another --out)", out)
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_checkpoints(ckpt_dir)
+        remove_stale_checkpoints(ckpt_dir)
     if prep is None:
         if world > 1 and rank != 0:
             torch.distributed.barrier()  # rank 0 fills the feature cache first; the others read it
@@ -395,7 +395,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0,
              "config": asdict(cfg)}
     if cfg.resume and (ckpt_dir / "state.json").exists():
-        state = _load_checkpoint(ckpt_dir, model, opt)
+        state = load_checkpoint(ckpt_dir, model, opt)
         say(f"resumed from epoch {state['epoch']} ({ckpt_dir})")
     train_model = model
     if world > 1:
@@ -468,7 +468,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if rank == 0:
             if improved:
                 modelfile.save(out, model, prep.vocab, {**meta, "validation": row, "epoch": epoch})
-            _save_checkpoint(ckpt_dir, model, opt, state)
+            save_checkpoint(ckpt_dir, model, opt, state)
             _write_log(out / "train_log.csv", state["history"])
             mark = " *" if improved else ""
             say("epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}".format(**row)

@@ -3,7 +3,8 @@
     python scripts/package_model.py runs/ks-attend [--card MODEL_CARD.md]
 
 Keeps config.json (with its scores and confidence calibration), vocab.json, split.json,
-train_log.csv and the noun witness (witness.safetensors), and writes the card.
+train_log.csv, finetune_log.json (after `kvcap finetune`) and the noun witness
+(witness.safetensors), and writes the card.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def main() -> None:
     modelfile.save(args.dest, loaded.model, loaded.vocab, meta, card=card, half=True)
     if loaded.witness is not None:  # already float16
         loaded.witness.save(args.dest)
-    for name in ("split.json", "train_log.csv"):
+    for name in ("split.json", "train_log.csv", "finetune_log.json"):
         if (args.run / name).exists():
             shutil.copy2(args.run / name, args.dest / name)
     size = sum(f.stat().st_size for f in args.dest.iterdir())

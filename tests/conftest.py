@@ -81,6 +81,20 @@ def koscenes() -> Path:
     return need(KOSCENES)
 
 
+def both_datasets(folder: Path, koflickr: Path, koscenes: Path, pick) -> Path:
+    """A manifest of a part of koflickr and of koscenes (as the default model was trained on):
+    `pick(name, records)` chooses each dataset's records (sorted by id)."""
+    for name, source in (("koflickr", koflickr), ("koscenes", koscenes)):
+        records = sorted(json.loads(source.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))
+        (folder / f"{name}.json").write_text(json.dumps(pick(name, records), ensure_ascii=False), encoding="utf-8")
+    manifest = folder / "both.manifest.json"
+    manifest.write_text(json.dumps({"datasets": [
+        {"path": "koflickr.json", "root": str(koflickr.parent), "name": "koflickr"},
+        {"path": "koscenes.json", "root": str(koscenes.parent), "name": "koscenes", "general_first": True},
+    ]}), encoding="utf-8")
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def koflickr_captions(koflickr) -> list[str]:
     data = json.loads(koflickr.read_text(encoding="utf-8"))

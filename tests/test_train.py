@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import MULTIMODAL, need
+from conftest import MULTIMODAL, both_datasets, need
 
 from kvcap import modelfile
 from kvcap.train import TrainConfig, fit
@@ -157,14 +157,8 @@ def test_evaluate_cli_scores_the_model_and_baselines(koflickr, reference_run, tm
 @pytest.fixture(scope="module")
 def two_dataset_run(koflickr, koscenes, tmp_path_factory):
     folder = tmp_path_factory.mktemp("two")
-    for name, source in (("koflickr", koflickr), ("koscenes", koscenes)):  # small: evaluation reads them whole
-        records = sorted(json.loads(source.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))[:160]
-        (folder / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    manifest = folder / "both.manifest.json"
-    manifest.write_text(json.dumps({"datasets": [
-        {"path": "koflickr.json", "root": str(koflickr.parent), "name": "koflickr"},
-        {"path": "koscenes.json", "root": str(koscenes.parent), "name": "koscenes", "general_first": True},
-    ]}), encoding="utf-8")
+    # small: evaluation reads them whole
+    manifest = both_datasets(folder, koflickr, koscenes, lambda name, records: records[:160])
     out = folder / "model"
     r = kvcap("train", str(manifest), "--out", str(out), "--epochs", "2", *SMALL)
     assert r.returncode == 0, r.stderr[-3000:]
