@@ -33,7 +33,8 @@ from .video import Frame
 READ_TIMEOUT = 10.0  # seconds without data before a live stream counts as stalled
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between reconnection attempts, then the last again
 CLIP_BEFORE = 2.0  # seconds of picture kept before an alert's segment in its clip
-BEHIND = 2.0  # seconds behind the picture before only keyframes are decoded (catching up)
+BEHIND = 3.0  # seconds behind the picture before only keyframes are decoded (catching up); one
+# caption (beam 8 in two styles, the witness) can take 1.5 s on 2 cores: 2.0 dropped frames at the end of a 10-s clip
 CAUGHT_UP = 0.5  # ... and how close to it again before every frame is
 COALESCE = 4  # while catching up, one segment grows to at most this many max-segments
 MAX_GOP = 10.0  # stream seconds without a keyframe after which a stream is taken to mark none

@@ -265,7 +265,9 @@ def test_realtime_falls_back_to_keyframes_and_keeps_up_when_captioning_is_slow(v
     log, slow = watch_slowly(video, tmp_path / "on", True, monkeypatch)
     lags = [m["began"] - m["segment_end"] for m in slow.made]
     caps = [r for r in log if "text" in r]
-    assert max(lags) < 2.0, lags  # each segment captioned as it closes: BEHIND at most
+    from kvcap.watch import BEHIND
+
+    assert max(lags) < BEHIND, lags  # each segment captioned as it closes: BEHIND at most
     assert caps[-1]["stream_end"] > 138.0  # to the end of the 139-s video
     assert all(a["stream_end"] <= b["stream_start"] + 1e-6 for a, b in zip(caps, caps[1:]))
     events = [r["event"] for r in log if "event" in r]
