@@ -131,11 +131,14 @@ NOUN_SYNONYMS = {
 def nouns_many(texts: Sequence[str]) -> list[set[str]]:
     """The things each sentence names: Kiwi's common and proper nouns (NNG, NNP), variants
     folded (NOUN_SYNONYMS), relational nouns ('위', '옆', '배경') left out."""
-    out = []
-    for toks in kiwi().tokenize([normalize(t) for t in texts]):
-        names = {NOUN_SYNONYMS.get(t.form, t.form) for t in toks if t.tag in ("NNG", "NNP")}
-        out.append({n for n in names if n not in RELATIONAL_NOUNS})
-    return out
+    return [{n for t in toks if (n := noun_name(t.form, t.tag))} for toks in kiwi().tokenize([normalize(t) for t in texts])]
+
+
+def noun_name(form: str, tag: str) -> str | None:
+    """The thing a morpheme names for grounding (variants folded), or None: not a noun, or
+    a relational one."""
+    name = NOUN_SYNONYMS.get(form, form)
+    return name if tag in ("NNG", "NNP") and name not in RELATIONAL_NOUNS else None
 
 
 # ----------------------------------------------------------------------------- vocabulary

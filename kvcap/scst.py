@@ -67,27 +67,23 @@ class Reward:
 
     def __init__(self, vocab: Vocab, refs: Sequence[Sequence[Sequence[str]]], noun_weight: float):
         # per vocabulary id: its surface form for n-grams (None: punctuation), and the noun it names
-        self.form = [None if t in korean.SPECIALS else (self._words([t]) or [None])[0] for t in vocab.tokens]
+        self.form = [None if t in korean.SPECIALS else self._form(t) for t in vocab.tokens]
         self.noun = [None if t in korean.SPECIALS else self._noun(t) for t in vocab.tokens]
-        self.cider = metrics.CiderD([[self._words(r) for r in item] for item in refs])
+        words = lambda tokens: [f for f in map(self._form, tokens) if f is not None]  # noqa: E731
+        self.cider = metrics.CiderD([[words(r) for r in item] for item in refs])
         self.ref_nouns = [{self._noun(t) for r in item for t in r} - {None} for item in refs]
         self.noun_weight = noun_weight
         self.vocab = vocab
 
     @staticmethod
-    def _words(tokens: Sequence[str]) -> list[str]:
-        out = []
-        for t in tokens:
-            form, tag, _ = korean.split_token(t)
-            if not tag.startswith(PUNCTUATION):
-                out.append(form)
-        return out
+    def _form(token: str) -> str | None:
+        form, tag, _ = korean.split_token(token)
+        return None if tag.startswith(PUNCTUATION) else form
 
     @staticmethod
     def _noun(token: str) -> str | None:
         form, tag, _ = korean.split_token(token)
-        name = korean.NOUN_SYNONYMS.get(form, form)
-        return name if tag in ("NNG", "NNP") and name not in korean.RELATIONAL_NOUNS else None
+        return korean.noun_name(form, tag)
 
     def __call__(self, item: int, ids: Sequence[int]) -> float:
         words = [self.form[i] for i in ids if self.form[i] is not None]
