@@ -120,6 +120,7 @@ RELATIONAL_NOUNS = {
     "위쪽", "아래쪽", "앞쪽", "뒤쪽", "안쪽", "바깥", "바깥쪽", "하나", "무언가", "뭔가", "화면", "카메라", "이쪽",
 }
 SELF_PLACES = {"위", "아래", "안", "속"}  # 'X 위에 X가': nothing is on, under or in itself
+BARE_PLACES = {"에", "에서"}  # 'X에 X가' ('흰 벽에 흰 벽이 있다'): nor at itself
 # surface variants of one thing, counted as one noun when grounding is scored
 NOUN_SYNONYMS = {
     "남성": "남자", "여성": "여자", "사내": "남자", "아이": "어린이", "꼬마": "어린이", "애": "어린이", "아기": "어린이",
@@ -263,13 +264,14 @@ def sentence_problems(text: str) -> list[str]:
 
     - "no subject": nothing marked as subject ('흰 바탕 위에 앉아 있다.');
     - "thing verb with a living subject": '남자가 … 놓여 있다', '강아지가 … 주차되어 있다';
-    - "subject on or in itself": '탁자 위에 탁자가 놓여 있다' (beside or in front of one of its
-      own kind is possible: '개 옆에 개가 있다' passes).
+    - "subject on or in itself": '탁자 위에 탁자가 놓여 있다', '흰 벽에 흰 벽이 있다' (beside or in
+      front of one of its own kind is possible: '개 옆에 개가 있다' passes).
     An empty list means none was found. Used to pass over such beam hypotheses.
     """
     toks = kiwi().tokenize(normalize(text))
     problems = []
     subjects = []
+    subject_at = 0  # where the last subject stands
     for i, t in enumerate(toks):
         if t.tag == "JKS" or (t.tag == "JX" and t.form in ("은", "는")):
             j = i - 1
@@ -277,10 +279,15 @@ def sentence_problems(text: str) -> list[str]:
                 j -= 1
             if j >= 0 and toks[j].tag.startswith(("NN", "NP")):
                 subjects.append(toks[j].form)
+                subject_at = j
     if not subjects:
         problems.append("no subject")
     places = {toks[i - 1].form for i, t in enumerate(toks)
               if i and t.form in SELF_PLACES and t.tag == "NNG" and toks[i - 1].tag.startswith("NN")}
+    # only before the subject: '손바닥이 인형의 손바닥에 맞닿아 있다' is sound
+    places |= {toks[i - 1].form for i, t in enumerate(toks[:subject_at])
+               if i and t.form in BARE_PLACES and t.tag == "JKB" and toks[i - 1].tag.startswith("NN")
+               and toks[i - 1].form not in RELATIONAL_NOUNS}
     if subjects and subjects[-1] in places:
         problems.append("subject on or in itself")
     # the main predicate is the last verb ('서 있다' in '물건이 놓인 탁자 옆에 남자가 서 있다')

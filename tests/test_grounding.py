@@ -60,6 +60,8 @@ def test_human_agreement_holds_each_reference_against_the_others():
     ("흰 바탕 위에 앉아 있다.", "no subject"),
     ("나무 탁자 위에 나무 탁자가 놓여 있다.", "subject on or in itself"),
     ("상자 안에 상자가 있다.", "subject on or in itself"),
+    ("흰 벽에 흰 벽이 있다.", "subject on or in itself"),
+    ("거리에서 거리가 보인다.", "subject on or in itself"),
 ])
 def test_broken_mixed_sentences_are_found(text, problem):
     assert problem in korean.sentence_problems(text)
@@ -69,6 +71,8 @@ def test_broken_mixed_sentences_are_found(text, problem):
     "접시 위에 음식이 놓여 있다.", "두 남자가 길을 걷고 있다.", "고양이는 소파에 누워 있다.",
     "차들이 주차되어 있다.", "한 남자가 물건이 놓인 탁자 옆에 서 있다.", "사람들이 거리를 걷고 있다.",
     "개 옆에 개가 앉아 있다.", "나무 탁자 위에 화분이 놓여 있다.", "남자가 의자 위에 서 있다.",
+    "흰 벽에 그림이 걸려 있다.", "벽 앞에 벽돌이 쌓여 있다.", "부엌에서 여자가 요리를 하고 있다.",
+    "아이의 손바닥이 인형의 손바닥에 맞닿아 있다.",
 ])
 def test_sound_sentences_pass(text):
     assert korean.sentence_problems(text) == []
