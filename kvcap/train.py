@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import json
@@ -122,6 +123,8 @@ def _dist() -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
+        # left to interpreter teardown, gloo's threads can abort a rank that exits first (SIGABRT)
+        atexit.register(torch.distributed.destroy_process_group)
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
