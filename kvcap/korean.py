@@ -293,10 +293,13 @@ def sentence_problems(text: str) -> list[str]:
     if subjects and subjects[-1] in places:
         problems.append("subject on or in itself")
     # the main predicate is the last verb ('서 있다' in '물건이 놓인 탁자 옆에 남자가 서 있다')
-    # a noun verb is a thing's only in the passive: '전시되어 있다', but '남자가 전시하고 있다'
-    verbs = [t.form if t.tag.startswith("VV") or toks[i + 1].form == "되" else t.form + toks[i + 1].form
-             for i, t in enumerate(toks) if t.tag.startswith("VV")
-             or (t.tag == "NNG" and i + 1 < len(toks) and toks[i + 1].tag == "XSV")]
+    verbs = []
+    for i, t in enumerate(toks):
+        if t.tag.startswith("VV"):
+            verbs.append(t.form)
+        elif t.tag == "NNG" and i + 1 < len(toks) and toks[i + 1].tag == "XSV":
+            # a noun verb is a thing's only in the passive: '전시되어 있다', but '남자가 전시하고 있다'
+            verbs.append(t.form if toks[i + 1].form == "되" else t.form + toks[i + 1].form)
     if subjects and verbs and subjects[-1] in ANIMATE and verbs[-1] in THING_VERBS:
         problems.append("thing verb with a living subject")
     if subjects and _said_twice(toks, subject_at, len(subjects)):
