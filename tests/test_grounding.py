@@ -2,8 +2,12 @@
 pass over broken beam hypotheses, calibrated confidence, and one story per unchanging shot."""
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from conftest import ROOT, VIDEOS, need
 
 from kvcap import confidence, korean, metrics
 from kvcap.captions import Caption
@@ -181,3 +185,39 @@ def test_a_named_animal_the_classifier_does_not_see_is_a_problem():
     assert sight.problems("새 한 마리가 앉아 있다.", dog) == ["names 새 the picture does not show"]
     assert sight.problems("한 남자가 길을 걷고 있다.", bird) == []
     assert sight.problems("검은 개가 앉아 있다.", None) == []  # a model without the classifier head
+
+
+def _video_grounding():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "video_grounding.py"
+    spec = importlib.util.spec_from_file_location("video_grounding", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_video_noun_labels_fit_the_shared_videos():
+    """scripts/video_grounding.py scores captions of real video against hand labels: every
+    labelled frame must lie inside its video, and every label word must be a noun the score
+    can match (a word Kiwi does not read as a noun would silently never count)."""
+    from kvcap.video import probe
+
+    vg = _video_grounding()
+    labels = vg.read_labels(ROOT / "data" / "shared_video_nouns.json", need(VIDEOS))
+    assert sum(len(f) for f in labels.values()) >= 30
+    for video, frames in labels.items():
+        duration = probe(need(video)).duration
+        assert all(0 <= f["time"] <= duration for f in frames), video.name
+        words = [w for f in frames for w in f["nouns"].split()]
+        assert all(korean.nouns_many(words)), (video.name, [w for w, n in zip(words, korean.nouns_many(words)) if not n])
+
+
+def test_video_grounding_scores_the_entry_showing_at_each_time():
+    vg = _video_grounding()
+    entries = [SimpleNamespace(start=0.0, end=4.0, text="방 안에 탁자가 있다."),
+               SimpleNamespace(start=4.0, end=8.0, text="여자가 서 있다.")]
+    assert vg.caption_at(entries, 3.9) == "방 안에 탁자가 있다."
+    assert vg.caption_at(entries, 4.0) == "여자가 서 있다."
+    assert vg.caption_at(entries, 8.0) == "여자가 서 있다."  # the end of the last entry still shows it
+    assert vg.caption_at(entries, 9.0) == ""
