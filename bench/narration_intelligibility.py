@@ -102,11 +102,12 @@ def main() -> None:
     from kvcap.describe import MAX_SPEEDUP, RATE, VOICE
 
     korean = [seg["text"] for f in args.captions for seg in json.loads(f.read_text())["segments"]] or KOREAN
-    model = WhisperModel(str(whisper_folder(args.asr)), device="cpu", compute_type="int8")
+    folder = whisper_folder(args.asr)
+    model = WhisperModel(str(folder), device="cpu", compute_type="int8")
     runs = [("baseline: espeak-ng English", ENGLISH, "en", RATE, "en"),
             (f"espeak-ng Korean, {RATE} wpm (default)", korean, VOICE, RATE, "ko"),
             (f"espeak-ng Korean, {round(RATE * MAX_SPEEDUP)} wpm (fastest)", korean, VOICE, round(RATE * MAX_SPEEDUP), "ko")]
-    print(f"{len(korean)} Korean sentences, {len(ENGLISH)} English; recogniser: {whisper_folder(args.asr)}")
+    print(f"{len(korean)} Korean sentences, {len(ENGLISH)} English; recogniser: {folder}")
     for name, sentences, voice, wpm, language in runs:
         cer, heard, seconds = condition(model, sentences, voice, wpm, language)
         print(f"{name:40s} CER {cer:.3f}   ({seconds:.0f} s)")
