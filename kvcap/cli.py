@@ -312,6 +312,11 @@ def train(
                                     "captions where a dataset marks them) | dataset (also one per dataset) | none"),
     embed_dim: int = typer.Option(256, "--embed-dim"),
     attn_dim: int = typer.Option(256, "--attn-dim"),
+    video_like: float = typer.Option(0.0, "--video-like",
+                                     help="Share of training captions shown with a video-like copy of their photo "
+                                          "(cropped, flipped, downscaled, blurred, JPEG-damaged)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model folder's weights (trained on "
+                                        "the same data: same vocabulary and split); its sizes and styles are kept."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a captioning model; the best one by validation score is kept in --out.
@@ -330,6 +335,8 @@ def train(
                               ("--hidden-dim", hidden_dim), ("--embed-dim", embed_dim), ("--attn-dim", attn_dim)):
             at_least(option, value, 1)
         above("--lr", lr)
+        if not 0 <= video_like <= 1:
+            raise KvcapError(f"bad --video-like {video_like}: it must be between 0 and 1")
         for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
             if not 0 < value < 0.5:
                 raise KvcapError(f"bad {option} {value}: it must be between 0 and 0.5")
@@ -341,7 +348,8 @@ def train(
                       resume=resume, device=device, min_count=min_count, limit=limit, seed=seed,
                       cache=str(cache) if cache else None, quiet=quiet, hidden_dim=hidden_dim,
                       embed_dim=embed_dim, attn_dim=attn_dim, val_fraction=val_fraction,
-                      test_fraction=test_fraction, attributes=attributes, styles=styles)
+                      test_fraction=test_fraction, attributes=attributes, styles=styles, video_like=video_like,
+                      init=str(init) if init else None)
     try:
         result = cross_validate(cfg, folds) if folds > 1 else fit(cfg)
     except KvcapError as exc:

@@ -264,8 +264,9 @@ def sentence_problems(text: str) -> list[str]:
 
     - "no subject": nothing marked as subject ('흰 바탕 위에 앉아 있다.');
     - "thing verb with a living subject": '남자가 … 놓여 있다', '강아지가 … 주차되어 있다';
-    - "subject on or in itself": '탁자 위에 탁자가 놓여 있다', '흰 벽에 흰 벽이 있다' (beside or in
-      front of one of its own kind is possible: '개 옆에 개가 있다' passes);
+    - "subject on or in itself": '탁자 위에 탁자가 놓여 있다', '흰 벽에 흰 벽이 있다', also as part
+      of a joined subject ('탁자 위에 탁자와 화분이 놓여 있다'); beside or in front of one of its
+      own kind is possible: '개 옆에 개가 있다' passes;
     - "said twice": '자전거를 탄 남자가 자전거를 타고 있다', '흰 옷을 입은 여자가 검은 옷을 입고
       있다' (see `_said_twice`).
     An empty list means none was found. Used to pass over such beam hypotheses.
@@ -282,6 +283,10 @@ def sentence_problems(text: str) -> list[str]:
             if j >= 0 and toks[j].tag.startswith(("NN", "NP")):
                 subjects.append(toks[j].form)
                 subject_at = j
+                group = {toks[j].form}  # with what it is joined to: '탁자와 화분이'
+                while j >= 2 and toks[j - 1].tag == "JC" and toks[j - 2].tag.startswith("NN"):
+                    j -= 2
+                    group.add(toks[j].form)
     if not subjects:
         problems.append("no subject")
     places = {toks[i - 1].form for i, t in enumerate(toks)
@@ -290,7 +295,7 @@ def sentence_problems(text: str) -> list[str]:
     places |= {toks[i - 1].form for i, t in enumerate(toks[:subject_at])
                if i and t.form in BARE_PLACES and t.tag == "JKB" and toks[i - 1].tag.startswith("NN")
                and toks[i - 1].form not in RELATIONAL_NOUNS}
-    if subjects and subjects[-1] in places:
+    if subjects and group & places:
         problems.append("subject on or in itself")
     # the main predicate is the last verb ('서 있다' in '물건이 놓인 탁자 옆에 남자가 서 있다')
     verbs = []

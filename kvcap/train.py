@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from . import data as datasets
@@ -82,6 +83,10 @@ class TrainConfig:
     styles: str = "general"
     source_weight: float = 0.2  # weight of the which-dataset loss that trains the style head
     video_frames: int = 8  # frames sampled from a video example
+    # share of training captions shown with the features of a video-like copy of their
+    # photo (augment.py) instead of the clean photo's; 0 = clean photos only
+    video_like: float = 0.0
+    init: str | None = None  # start from this model folder's weights (same data, split and vocabulary)
     quiet: bool = False
     stop_after: int | None = None  # end the process after this epoch (as if killed; for tests)
 
@@ -100,6 +105,7 @@ class Prepared:
     sources: list[str] = field(default_factory=list)  # dataset names, in order
     general: bool = False  # some dataset marks short, general first captions
     style_names: list[str] = field(default_factory=list)  # the model's sources: dataset names, or ["any"]
+    video_like: dict[int, torch.Tensor] = field(default_factory=dict)  # example -> features of its damaged copy
 
     def source_of(self, i: int) -> int:
         return self.sources.index(self.examples[i].source)
@@ -183,6 +189,34 @@ def _video_features(path: Path, n: int, cache: FeatureCache) -> np.ndarray:
     return feats
 
 
+def video_like_features(prep: Prepared, cfg: TrainConfig) -> dict[int, torch.Tensor]:
+    """Features of one video-like copy (augment.py) of each training photo, cached like the
+    clean ones under a key naming the damage's seed. Video examples are left as they are."""
+    from .augment import rng_for, video_like
+    from .features import Encoder, load_image
+
+    cache = FeatureCache(cfg.cache)
+    photos = [i for i in sorted({i for i, _, _ in prep.pairs})
+              if not any(m.suffix.lower() in VIDEO_EXTS for m in prep.examples[i].media)]
+    result: dict[int, torch.Tensor] = {}
+    encoder = None
+    with progress_bar("video-like copies", total=len(photos), enabled=not cfg.quiet) as advance:
+        for s in range(0, len(photos), 32):
+            chunk = photos[s : s + 32]
+            keys = {i: [f"{cache.key(m)}-videolike{cfg.seed}" for m in prep.examples[i].media] for i in chunk}
+            todo = [(i, j, m) for i in chunk for j, m in enumerate(prep.examples[i].media)
+                    if cache.get(keys[i][j]) is None]
+            if todo:
+                encoder = encoder or Encoder()
+                imgs = [load_image(video_like(Image.open(m), rng_for(keys[i][j], cfg.seed))) for i, j, m in todo]
+                for (i, j, _), f in zip(todo, encoder.encode(np.stack(imgs))):
+                    cache.put(keys[i][j], f)
+            for i in chunk:
+                result[i] = torch.from_numpy(np.stack([cache.get(k) for k in keys[i]]).astype(np.float16))
+            advance(len(chunk))
+    return result
+
+
 def specs_of(cfg: TrainConfig) -> list[datasets.DatasetSpec]:
     paths = [cfg.data] if isinstance(cfg.data, (str, Path)) else list(cfg.data)
     return datasets.dataset_specs([str(p) for p in paths], cfg.format, cfg.root)
@@ -218,6 +252,8 @@ def prepare(cfg: TrainConfig, rank: int = 0) -> Prepared:
                                any(s.general_first for s in specs)),
                       [index[id(e)] for e in train_ex], [index[id(e)] for e in val_ex],
                       [index[id(e)] for e in test_ex], cfg)
+    if cfg.video_like:
+        prep.video_like = video_like_features(prep, cfg)
     for name, idx in prep.by_source(list(range(len(examples)))).items():
         say(f"data {name}: {len(idx)} examples")
     say(f"data: {len(train_ex)} train / {len(val_ex)} validation / {len(test_ex)} test examples, "
@@ -240,14 +276,17 @@ def with_split(prep: Prepared, train: list[int], val: list[int], test: list[int]
     pairs = [(i, vocab.encode(t)[: cfg.max_len - 1], j)
              for i in train for j, t in enumerate(prep.tokens[i])]
     return Prepared(vocab, prep.feats, pairs, list(val), list(test), prep.examples, prep.refs, prep.tokens,
-                    prep.sources, prep.general, prep.style_names)
+                    prep.sources, prep.general, prep.style_names, prep.video_like)
 
 
 # ----------------------------------------------------------------------------- batches
 
 
-def make_batch(prep: Prepared, items: list[tuple[int, list[int], int]], device: torch.device):
-    feats, mask = pad_segments([prep.feats[i].numpy() for i, _, _ in items])
+def make_batch(prep: Prepared, items: list[tuple[int, list[int], int]], device: torch.device,
+               damaged: np.ndarray | None = None):
+    """A padded batch; where `damaged[row]`, the row's picture is its video-like copy."""
+    feats, mask = pad_segments([(prep.video_like[i] if damaged is not None and damaged[row] and i in prep.video_like
+                                 else prep.feats[i]).numpy() for row, (i, _, _) in enumerate(items)])
     length = max(len(ids) for _, ids, _ in items) + 1
     tokens_in = torch.zeros(len(items), length, dtype=torch.long)
     target = torch.zeros(len(items), length, dtype=torch.long)
@@ -360,6 +399,44 @@ def weights_digest(model) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 
+def new_model(cfg: TrainConfig, prep: Prepared):
+    """A fresh model for cfg, and `prep` with its styles."""
+    prep = replace(prep, style_names=style_names(cfg, prep.sources, prep.general))
+    attend = cfg.arch == "attend"
+    mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
+                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len,
+                       classes=1000 if attend and cfg.attributes else 0,
+                       sources=list(prep.style_names), general=bool(prep.style_names and prep.general))
+    torch.manual_seed(cfg.seed)
+    model = build(mcfg)
+    if mcfg.classes:
+        from .features import classifier_head
+
+        w, b = classifier_head()
+        model.cls_weight.copy_(torch.from_numpy(w))
+        model.cls_bias.copy_(torch.from_numpy(b))
+    return model, prep
+
+
+def start_from(folder: str, prep: Prepared):
+    """The model of `folder` to train on, and `prep` with its styles. Refused unless it was
+    trained on these data: the same vocabulary and the same validation and test photos
+    (split.json), so that its validation scores stay comparable and no test photo is trained on."""
+    start = modelfile.load(folder)
+    if start.vocab.tokens != prep.vocab.tokens:
+        raise KvcapError("--init: this model's vocabulary is not the one these data give "
+                         "(train on the same datasets, --seed and --min-count)", folder)
+    split_file = Path(folder) / "split.json"
+    if not split_file.is_file():
+        raise KvcapError("--init: the model has no split.json, so its test photos are unknown", folder)
+    split = json.loads(split_file.read_text(encoding="utf-8")).get("datasets", {})
+    for name, idx in {"validation": prep.by_source(prep.val), "test": prep.by_source(prep.test)}.items():
+        for source, items in idx.items():
+            if sorted(prep.examples[i].id for i in items) != sorted(split.get(source, {}).get(name, [])):
+                raise KvcapError(f"--init: the {name} split of {source} differs from the model's split.json", folder)
+    return start.model, replace(prep, style_names=list(start.model.config.sources), general=start.model.config.general)
+
+
 def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     rank, world = _dist()
     device = _device(cfg.device, rank)
@@ -378,21 +455,8 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         if world > 1 and rank == 0:
             torch.distributed.barrier()
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
-    prep = replace(prep, style_names=style_names(cfg, prep.sources, prep.general))
 
-    attend = cfg.arch == "attend"
-    mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
-                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len,
-                       classes=1000 if attend and cfg.attributes else 0,
-                       sources=list(prep.style_names), general=bool(prep.style_names and prep.general))
-    torch.manual_seed(cfg.seed)
-    model = build(mcfg)
-    if mcfg.classes:
-        from .features import classifier_head
-
-        w, b = classifier_head()
-        model.cls_weight.copy_(torch.from_numpy(w))
-        model.cls_bias.copy_(torch.from_numpy(b))
+    model, prep = start_from(cfg.init, prep) if cfg.init else new_model(cfg, prep)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0,
@@ -406,7 +470,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     higher_better = cfg.select == "cider"
     meta = {"name": out.name, "data": [{"name": s.name, "path": Path(s.path).name, "format": s.format}
                                         for s in specs],
-            "decoding": {"beam": 8}}  # the noun witness chooses among the finished hypotheses (package_model.py)
+            "decoding": {"beam": 8}, **({"init": Path(cfg.init).name} if cfg.init else {})}  # the noun witness chooses among the finished hypotheses (package_model.py)
 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
@@ -417,13 +481,14 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
         # shuffling and dropout depend only on (seed, epoch): a resumed epoch replays exactly
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(prep.pairs))
+        damaged = np.random.default_rng([cfg.seed, epoch, 1]).random(len(prep.pairs)) < cfg.video_like
         n_batches = len(order) // cfg.batch_size // world * world or world
         mine = [order[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(rank, n_batches, world)]
         train_model.train()
         total = 0.0
         with progress_bar(f"epoch {epoch}/{cfg.epochs}", total=len(mine), enabled=rank == 0 and not cfg.quiet) as advance:
             for idx in mine:
-                batch = make_batch(prep, [prep.pairs[i] for i in idx], device)
+                batch = make_batch(prep, [prep.pairs[i] for i in idx], device, damaged[idx])
                 loss = loss_fn(train_model, batch, cfg.label_smoothing, cfg.source_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -97,6 +98,51 @@ def test_resume_after_kill_9(koflickr, reference_run, tmp_path):
 def test_refuses_to_overwrite_a_model_without_resume(koflickr, reference_run):
     r = kvcap("train", str(koflickr), "--out", str(reference_run[0]), *SMALL)
     assert r.returncode == 2 and "already there" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_video_like_copies_are_damaged_yet_still_show_the_same_picture(koscenes):
+    """A damaged copy differs from its photo, is the same for the same file and seed, and its
+    features stay nearer its own photo's than another photo's (the picture is still there)."""
+    from kvcap.augment import rng_for, video_like
+    from kvcap.features import Encoder, load_image
+
+    records = sorted(json.loads(koscenes.read_text(encoding="utf-8")), key=lambda r: str(r["id"]))[:6]
+    photos = [Image.open(koscenes.parent / r["file_path"]) for r in records]
+    copies = [video_like(p, rng_for(f"{i:012x}", 0)) for i, p in enumerate(photos)]
+    again = [video_like(p, rng_for(f"{i:012x}", 0)) for i, p in enumerate(photos)]
+    other_seed = [video_like(p, rng_for(f"{i:012x}", 1)) for i, p in enumerate(photos)]
+    clean, damaged = np.stack([load_image(p) for p in photos]), np.stack([load_image(c) for c in copies])
+    assert (damaged == np.stack([load_image(c) for c in again])).all()
+    assert (damaged != np.stack([load_image(c) for c in other_seed])).any()
+    assert all(np.abs(d.astype(int) - c).mean() > 3 for d, c in zip(damaged, clean))
+    pooled = [Encoder().encode(x).astype(np.float32).mean(axis=1) for x in (clean, damaged)]
+    a, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in pooled)
+    sim = b @ a.T  # damaged copy i against clean photo j
+    assert (sim.argmax(axis=1) == np.arange(len(photos))).sum() >= 5, sim.round(2)
+
+
+def test_init_continues_a_model_and_video_like_changes_what_it_learns(koflickr, reference_run, tmp_path):
+    ref, _ = reference_run
+    start = modelfile.load(ref)
+    barely = fit(small_cfg(koflickr, tmp_path / "barely", init=str(ref), epochs=1, lr=1e-12))
+    moved = modelfile.load(tmp_path / "barely")
+    assert barely["epochs"] == 1 and moved.meta["init"] == ref.name
+    assert moved.model.config == start.model.config and moved.vocab.tokens == start.vocab.tokens
+    before, after = start.model.state_dict(), moved.model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)  # its weights, not fresh ones
+    fit(small_cfg(koflickr, tmp_path / "clean", init=str(ref), epochs=1))
+    fit(small_cfg(koflickr, tmp_path / "damaged", init=str(ref), epochs=1, video_like=1.0))
+    assert not same_weights(tmp_path / "clean", ref)
+    assert not same_weights(tmp_path / "clean", tmp_path / "damaged")
+
+
+def test_init_refuses_a_model_trained_on_other_data(koflickr, reference_run, tmp_path):
+    r = kvcap("train", str(koflickr), "--out", str(tmp_path / "m"), "--init", str(reference_run[0]),
+              *[a if a != "160" else "120" for a in SMALL])
+    assert r.returncode == 2 and "--init" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = kvcap("train", str(koflickr), "--out", str(tmp_path / "m2"), "--video-like", "1.5", *SMALL)
+    assert r.returncode == 2 and "--video-like" in r.stderr
 
 
 def test_ddp_two_cpu_processes_agree_and_learn(koflickr, tmp_path):
