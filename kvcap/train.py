@@ -204,15 +204,16 @@ def video_like_features(prep: Prepared, cfg: TrainConfig) -> dict[int, torch.Ten
         for s in range(0, len(photos), 32):
             chunk = photos[s : s + 32]
             keys = {i: [f"{cache.key(m)}-videolike{cfg.seed}" for m in prep.examples[i].media] for i in chunk}
-            todo = [(i, j, m) for i in chunk for j, m in enumerate(prep.examples[i].media)
-                    if cache.get(keys[i][j]) is None]
+            found = {k: cache.get(k) for ks in keys.values() for k in ks}
+            todo = [(k, m) for i in chunk for k, m in zip(keys[i], prep.examples[i].media) if found[k] is None]
             if todo:
                 encoder = encoder or Encoder()
-                imgs = [load_image(video_like(Image.open(m), rng_for(keys[i][j], cfg.seed))) for i, j, m in todo]
-                for (i, j, _), f in zip(todo, encoder.encode(np.stack(imgs))):
-                    cache.put(keys[i][j], f)
+                imgs = [load_image(video_like(Image.open(m), rng_for(k, cfg.seed))) for k, m in todo]
+                for (k, _), f in zip(todo, encoder.encode(np.stack(imgs))):
+                    cache.put(k, f)
+                    found[k] = f
             for i in chunk:
-                result[i] = torch.from_numpy(np.stack([cache.get(k) for k in keys[i]]).astype(np.float16))
+                result[i] = torch.from_numpy(np.stack([found[k] for k in keys[i]]).astype(np.float16))
             advance(len(chunk))
     return result
 
@@ -284,9 +285,13 @@ def with_split(prep: Prepared, train: list[int], val: list[int], test: list[int]
 
 def make_batch(prep: Prepared, items: list[tuple[int, list[int], int]], device: torch.device,
                damaged: np.ndarray | None = None):
-    """A padded batch; where `damaged[row]`, the row's picture is its video-like copy."""
-    feats, mask = pad_segments([(prep.video_like[i] if damaged is not None and damaged[row] and i in prep.video_like
-                                 else prep.feats[i]).numpy() for row, (i, _, _) in enumerate(items)])
+    """A padded batch; where `damaged[row]`, the row's picture is its video-like copy (if it has one)."""
+    def picture(row: int, i: int) -> torch.Tensor:
+        if damaged is not None and damaged[row] and i in prep.video_like:
+            return prep.video_like[i]
+        return prep.feats[i]
+
+    feats, mask = pad_segments([picture(row, i).numpy() for row, (i, _, _) in enumerate(items)])
     length = max(len(ids) for _, ids, _ in items) + 1
     tokens_in = torch.zeros(len(items), length, dtype=torch.long)
     target = torch.zeros(len(items), length, dtype=torch.long)
@@ -470,7 +475,9 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
     higher_better = cfg.select == "cider"
     meta = {"name": out.name, "data": [{"name": s.name, "path": Path(s.path).name, "format": s.format}
                                         for s in specs],
-            "decoding": {"beam": 8}, **({"init": Path(cfg.init).name} if cfg.init else {})}  # the noun witness chooses among the finished hypotheses (package_model.py)
+            "decoding": {"beam": 8}}  # the noun witness chooses among the finished hypotheses (package_model.py)
+    if cfg.init:
+        meta["init"] = Path(cfg.init).name
 
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
