@@ -87,7 +87,10 @@ class Attend(CaptionModel):
 
     def attend(self, h, memory):
         v, keys, region_mask = memory[:3]
-        scores = self.att_score(torch.tanh(keys + self.att_state(h).unsqueeze(1))).squeeze(-1)
+        # (B, N, A) is the largest tensor of a step (beams x regions x attn_dim): made once,
+        # squashed in place, then scored, instead of three such tensors per word
+        energy = keys + self.att_state(h).unsqueeze(1)
+        scores = energy.tanh_() @ self.att_score.weight.squeeze(0) + self.att_score.bias
         scores = scores.masked_fill(~region_mask, float("-inf"))
         alpha = torch.softmax(scores, dim=-1)  # (B, N)
         ctx = torch.bmm(alpha.unsqueeze(1), v).squeeze(1)
