@@ -59,16 +59,18 @@ def candidates(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *
 
 def _pools(model: CaptionModel, vocab: Vocab, feats: Sequence[np.ndarray], *, beam: int = 3,
            length_penalty: float = 0.7, no_repeat_ngram: int = 4, batch_size: int = 32,
-           repair: bool = True, check: bool = True, style: str | Sequence | None = None):
+           repair: bool = True, check: bool = True, style: str | Sequence | None = None,
+           ban: Sequence[Sequence[int]] | None = None):
     """Per segment, a generator of its hypotheses as Captions (made lazily: most often only
-    the first is needed)."""
+    the first is needed). `ban`: per segment, token ids never to write there."""
     banned = (vocab.pad_id, vocab.bos_id, vocab.unk_id)
     for s in range(0, len(feats), batch_size):
         x, mask = pad_segments(feats[s : s + batch_size])
         styles = _style_ids(model, style, s, x.size(0))
         pools = beam_search_nbest(model, x, mask, bos_id=vocab.bos_id, eos_id=vocab.eos_id, banned_ids=banned,
                                   beam=beam, max_len=model.config.max_len, length_penalty=length_penalty,
-                                  no_repeat_ngram=no_repeat_ngram, style=styles)
+                                  no_repeat_ngram=no_repeat_ngram, style=styles,
+                                  item_banned=ban[s : s + batch_size] if ban else None)
         probs = _class_probs(model, x, mask) if check else [None] * len(pools)  # for sight.problems
         for pool, p in zip(pools, probs):
             yield (_caption(h, vocab, repair, check, p) for h in pool)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -58,11 +59,13 @@ def beam_search_nbest(
     length_penalty: float = 0.7,
     no_repeat_ngram: int = 4,
     style: torch.Tensor | None = None,
+    item_banned: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Every finished hypothesis of each of the B segments, best first (at least one each).
 
     `style` (B,) picks the caption style of models that have styles (None: the model's own
-    choice per segment).
+    choice per segment). `item_banned` lists, per segment, tokens never to write there
+    (beside `banned_ids`, which holds for all).
     """
     model.eval()
     b = feats.size(0)
@@ -71,6 +74,10 @@ def beam_search_nbest(
     expand = torch.arange(b).repeat_interleave(k)
     memory, state = model.select(memory, expand), model.select(state, expand)
 
+    never = torch.zeros(b * k, model.config.vocab_size, dtype=torch.bool)
+    never[:, list(banned_ids)] = True
+    for i, ids in enumerate(item_banned or ()):
+        never[i * k : (i + 1) * k, list(ids)] = True
     tokens = torch.full((b * k,), bos_id, dtype=torch.long)
     beam_logp = torch.full((b, k), float("-inf"))
     beam_logp[:, 0] = 0.0  # all beams start identical: keep one
@@ -80,9 +87,7 @@ def beam_search_nbest(
 
     for step in range(max_len):
         logits, state = model.step(tokens, state, memory)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        if banned_ids:
-            logp[:, list(banned_ids)] = float("-inf")
+        logp = torch.log_softmax(logits.float(), dim=-1).masked_fill_(never, float("-inf"))
         if step == 0:
             logp[:, eos_id] = float("-inf")  # no empty captions
         for row, ids in enumerate(beam_ids):

@@ -179,6 +179,17 @@ class Vocab:
             out.append(self.tokens[i])
         return out
 
+    def noun_ids(self, names: Iterable[str]) -> list[int]:
+        """Ids of the noun tokens ('▁눈/NNG', '눈/NNG') that name one of `names` (as
+        `noun_name` folds them: '자동차' names 차)."""
+        names = set(names)
+        out = []
+        for i, t in enumerate(self.tokens):
+            form, _, tag = t.rpartition("/")
+            if form and noun_name(form.lstrip("▁"), tag) in names:
+                out.append(i)
+        return out
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"tokens": self.tokens}, ensure_ascii=False, indent=0), encoding="utf-8")
 

@@ -73,6 +73,11 @@ class NounWitness(nn.Module):
             return 1.0
         return float(np.mean([probs[self.index[n]] if n in self.index else 0.0 for n in nouns]))
 
+    def doubted(self, nouns: set[str], probs: np.ndarray, below: float) -> set[str]:
+        """The named nouns the witness gives less than `below` (a noun it never learnt, too
+        rare in training to judge, among them, as `support` counts it)."""
+        return {n for n in nouns if n not in self.index or probs[self.index[n]] < below}
+
     # ------------------------------------------------------------------ files
 
     def save(self, folder: str | Path) -> Path:

@@ -101,3 +101,13 @@ def test_repair_leaves_correct_sentences_alone(koflickr_captions):
     assert len(with_eseo) > 1000
     changed = [c for c in koflickr_captions if repair(c) != korean.normalize(c)]
     assert changed == []
+
+
+def test_noun_ids_find_every_token_of_a_thing_and_nothing_else():
+    from kvcap.korean import Vocab
+
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "▁눈/NNG", "눈/NNG", "▁자동차/NNG", "▁차/NNG", "▁차/VV",
+                   "▁위/NNG", "가/JKS"])
+    assert [vocab.tokens[i] for i in vocab.noun_ids({"눈"})] == ["▁눈/NNG", "눈/NNG"]
+    assert [vocab.tokens[i] for i in vocab.noun_ids({"차"})] == ["▁자동차/NNG", "▁차/NNG"]  # folded; not the verb
+    assert vocab.noun_ids({"위"}) == [] and vocab.noun_ids(set()) == []  # relational nouns name nothing

@@ -171,3 +171,17 @@ def test_shipped_model_loads_from_the_package():
     size = sum(f.stat().st_size for f in modelfile.default_dir().iterdir())
     assert size < 30e6
     assert (modelfile.default_dir() / "README.md").exists()
+
+
+def test_a_token_banned_for_one_segment_is_never_written_there_only():
+    from kvcap.decoding import beam_search_nbest
+
+    model = small("attend")
+    rng = np.random.default_rng(5)
+    feats, mask = pad_segments([rng.normal(size=(1, 49, 1280)).astype(np.float32) for _ in range(2)])
+    kw = dict(bos_id=1, eos_id=2, beam=3, max_len=8, no_repeat_ngram=0)
+    free = beam_search_nbest(model, feats, mask, **kw)
+    token = free[0][0].ids[0]
+    banned = beam_search_nbest(model, feats, mask, item_banned=[[token], []], **kw)
+    assert all(token not in h.ids for h in banned[0])
+    assert [h.ids for h in banned[1]] == [h.ids for h in free[1]]  # the other segment is untouched

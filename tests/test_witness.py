@@ -112,3 +112,73 @@ def test_shipped_model_decodes_with_its_witness():
     assert loaded.witness is not None and len(loaded.witness.nouns) > 1000
     cal = Calibration.for_model(loaded)
     assert cal.witness is loaded.witness and cal.weight > 0 and "support" in cal.tables
+
+
+def test_a_noun_the_witness_all_but_rules_out_is_written_around(captioner, videos):
+    """The campus seen from above, in real footage: the general style wrote '눈 덮인 길에
+    사람들이 서 있다' (no snow) and the own style a skateboarder. Snow is what the witness all
+    but rules out there, so it is banned and the sentence written again without it."""
+    from kvcap import confidence
+    from kvcap.korean import nouns_many
+
+    segs = []
+    original = captioner.caption_features
+    captioner.caption_features = lambda s: segs.extend(s) or original(s)
+    try:
+        said = captioner.caption_video(videos / "campus_people_walking.mp4").segments
+    finally:
+        captioner.caption_features = original
+    cal = captioner.confidence
+    probs = cal.witness.probs(witness.pooled(segs))
+    texts = [s.text for s in said]
+    assert len(said) == len(segs) == 1
+    assert not cal.witness.doubted(nouns_many(texts)[0], probs[0], confidence.DOUBT), texts
+    assert not {"눈", "스케이트", "보드"} & nouns_many(texts)[0], texts
+    assert "사람" in nouns_many(texts)[0], texts  # people are there: it still says so
+    # without writing around, the same segment names the doubted snow
+    own, general = confidence.both_styles(captioner.model, captioner.vocab, segs, beam=captioner.beam)
+    before = cal.choose(own, general, probs)[0][0]
+    assert "눈" in nouns_many([before.text])[0], before.text
+
+
+def test_writing_around_bans_only_that_segments_doubted_nouns():
+    w, p = witness_of({"개": 0.02, "고양이": 0.9, "소파": 0.7})
+    cal = Calibration(tables={"support": ([0.0, 1.0], [0.0, 1.0])}, weight=1.0, witness=w)
+    calls = []
+
+    class Model:  # what write_around_doubts needs of a model: its config, via both_styles
+        config = type("C", (), {"general": False})()
+
+    import kvcap.confidence as conf
+
+    def fake_candidates(model, vocab, segments, ban=None, **kw):
+        calls.append(ban)
+        return [[cap("고양이가 소파 위에 누워 있다.", -1.0)] for _ in segments]
+
+    vocab = type("V", (), {"noun_ids": staticmethod(lambda names: sorted(names))})()
+    chosen = [(cap("개가 소파 위에 누워 있다.", -1.0), 0.3), (cap("고양이가 소파 위에 누워 있다.", -1.0), 0.8)]
+    real = conf.candidates
+    conf.candidates = fake_candidates
+    try:
+        out = cal.write_around_doubts(Model(), vocab, [np.zeros(1)] * 2, chosen, np.stack([p, p]))
+    finally:
+        conf.candidates = real
+    assert [c.text for c, _ in out] == ["고양이가 소파 위에 누워 있다."] * 2
+    assert calls == [[["개"]]]  # one new search, for the first segment alone, without 개
+
+
+def test_tuning_says_less_below_an_even_chance_at_least(monkeypatch):
+    from kvcap import confidence
+
+    assert confidence.SAY_LESS_BELOW == 0.5
+    monkeypatch.setattr(confidence, "say_less_threshold", lambda *a: 0.1)
+    x, nouns = clusters(60, seed=3)
+    w = witness.fit(x, nouns, epochs=2, hidden=16)
+    own = [[cap("고양이가 소파 위에 있다.", -1.0)] for _ in nouns]
+    monkeypatch.setattr(confidence, "both_styles", lambda *a, **k: (own, own))
+    monkeypatch.setattr(witness, "pooled", lambda feats: torch.from_numpy(np.stack(feats)))
+    cal = confidence.tune(None, None, w, list(x), [["고양이가 소파 위에 있다."] if "고양이" in n else ["자동차가 도로 위에 있다."]
+                                                   for n in nouns])
+    assert cal.threshold == 0.5
+    monkeypatch.setattr(confidence, "say_less_threshold", lambda *a: 0.7)
+    assert confidence.tune(None, None, w, list(x), [["고양이가 소파 위에 있다."]] * len(nouns)).threshold == 0.7
