@@ -87,6 +87,15 @@ def _style_ids(model: CaptionModel, style, start: int, n: int) -> torch.Tensor |
     return torch.tensor([-1 if name is None else model.config.style_id(name) for name in names], dtype=torch.long)
 
 
+def class_probs(model: CaptionModel, feats: Sequence[np.ndarray], batch_size: int = 32) -> list:
+    """The ImageNet class probabilities (1000,) of each segment (None each for a model without
+    the classifier head)."""
+    out: list = []
+    for s in range(0, len(feats), batch_size):
+        out += _class_probs(model, *pad_segments(feats[s : s + batch_size]))
+    return out
+
+
 def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> list:
     if not getattr(model.config, "classes", 0):
         return [None] * x.size(0)

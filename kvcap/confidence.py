@@ -31,7 +31,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .captions import Caption, candidates, generate
+from . import sight
+from .captions import Caption, candidates, class_probs, generate
 from .errors import KvcapError
 from . import witness as noun_witness
 
@@ -128,7 +129,7 @@ class Calibration:
         if self.witness is not None:
             kw = dict(beam=beam, length_penalty=length_penalty)
             own, general = both_styles(model, vocab, segments, **kw)
-            probs = self.witness.probs(noun_witness.pooled(segments))
+            probs = witness_probs(self.witness, model, segments)
             return self.write_around_doubts(model, vocab, segments, self.choose(own, general, probs), probs, **kw)
         caps = generate(model, vocab, segments, beam=beam, length_penalty=length_penalty)
         return self.say_less(caps, lambda idx, style: generate(
@@ -278,7 +279,7 @@ def tune(model, vocab, witness, feats: Sequence[np.ndarray], refs: Sequence[Sequ
     from .metrics import evaluate, grounding
 
     own, general = both_styles(model, vocab, list(feats), beam=beam, length_penalty=length_penalty)
-    probs = witness.probs(noun_witness.pooled(feats))
+    probs = witness_probs(witness, model, feats)
     keys = list(range(len(feats)))
     best, best_value = None, -1.0
     for weight in WEIGHTS:
@@ -313,6 +314,12 @@ def calibrate(model, vocab, feats: Sequence[np.ndarray], refs: Sequence[Sequence
         scores[style] = [c.score for c in caps]
         right[style], named[style] = per_caption_nouns([c.text for c in caps], refs)
     return fit(scores, right, named)
+
+
+def witness_probs(witness, model, segments: Sequence[np.ndarray]) -> np.ndarray:
+    """What the noun witness gives each noun per segment, animals backed by the encoder's own
+    ImageNet classifier (sight.backed)."""
+    return sight.backed(witness, witness.probs(noun_witness.pooled(segments)), class_probs(model, segments))
 
 
 def both_styles(model, vocab, segments: Sequence[np.ndarray], ban: Sequence[Sequence[int]] | None = None,

@@ -176,9 +176,30 @@ def test_tuning_says_less_below_an_even_chance_at_least(monkeypatch):
     w = witness.fit(x, nouns, epochs=2, hidden=16)
     own = [[cap("고양이가 소파 위에 있다.", -1.0)] for _ in nouns]
     monkeypatch.setattr(confidence, "both_styles", lambda *a, **k: (own, own))
-    monkeypatch.setattr(witness, "pooled", lambda feats: torch.from_numpy(np.stack(feats)))
+    monkeypatch.setattr(confidence, "witness_probs", lambda w, model, feats: w.probs(torch.from_numpy(np.stack(feats))))
     cal = confidence.tune(None, None, w, list(x), [["고양이가 소파 위에 있다."] if "고양이" in n else ["자동차가 도로 위에 있다."]
                                                    for n in nouns])
     assert cal.threshold == 0.5
     monkeypatch.setattr(confidence, "say_less_threshold", lambda *a: 0.7)
     assert confidence.tune(None, None, w, list(x), [["고양이가 소파 위에 있다."]] * len(nouns)).threshold == 0.7
+
+
+def test_animals_are_backed_by_the_imagenet_classifier():
+    from kvcap import sight
+
+    w, p = witness_of({"새": 0.02, "개": 0.6, "벽": 0.3})
+    classes = np.zeros(1000)
+    classes[sight.ANIMALS["새"][:3]] = 0.25  # three bird classes: 0.75 of the mass
+    backed = sight.backed(w, np.stack([p, p]), [classes, None])
+    row = dict(zip(w.nouns, backed[0]))
+    assert row["새"] == pytest.approx(0.75)  # the classifier sees a bird the noun witness doubts
+    assert row["개"] == pytest.approx(0.6) and row["벽"] == pytest.approx(0.3)  # never lowered; non-animals as they were
+    assert np.array_equal(backed[1], p)  # a model without the classifier head: unchanged
+
+
+def test_the_cockatoo_caption_is_trusted_as_a_bird(captioner, videos):
+    """cockatoo.mp4's second shot is a white cockatoo; the noun witness, trained on photos,
+    barely knows such a close-up (confidence 0.27 from it alone), the ImageNet classifier does."""
+    said = captioner.caption_video(videos / "cockatoo.mp4").segments
+    birds = [s for s in said if "새" in s.text.split()[0]]
+    assert birds and all(s.confidence > 0.5 for s in birds), [(s.text, s.confidence) for s in said]
