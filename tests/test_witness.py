@@ -141,7 +141,9 @@ def test_a_noun_the_witness_all_but_rules_out_is_written_around(captioner, video
     assert "눈" in nouns_many([before.text])[0], before.text
 
 
-def test_writing_around_bans_only_that_segments_doubted_nouns():
+def test_writing_around_bans_only_that_segments_doubted_nouns(monkeypatch):
+    from kvcap import confidence
+
     w, p = witness_of({"개": 0.02, "고양이": 0.9, "소파": 0.7})
     cal = Calibration(tables={"support": ([0.0, 1.0], [0.0, 1.0])}, weight=1.0, witness=w)
     calls = []
@@ -149,20 +151,14 @@ def test_writing_around_bans_only_that_segments_doubted_nouns():
     class Model:  # what write_around_doubts needs of a model: its config, via both_styles
         config = type("C", (), {"general": False})()
 
-    import kvcap.confidence as conf
-
     def fake_candidates(model, vocab, segments, ban=None, **kw):
         calls.append(ban)
         return [[cap("고양이가 소파 위에 누워 있다.", -1.0)] for _ in segments]
 
+    monkeypatch.setattr(confidence, "candidates", fake_candidates)
     vocab = type("V", (), {"noun_ids": staticmethod(lambda names: sorted(names))})()
     chosen = [(cap("개가 소파 위에 누워 있다.", -1.0), 0.3), (cap("고양이가 소파 위에 누워 있다.", -1.0), 0.8)]
-    real = conf.candidates
-    conf.candidates = fake_candidates
-    try:
-        out = cal.write_around_doubts(Model(), vocab, [np.zeros(1)] * 2, chosen, np.stack([p, p]))
-    finally:
-        conf.candidates = real
+    out = cal.write_around_doubts(Model(), vocab, [np.zeros(1)] * 2, chosen, np.stack([p, p]))
     assert [c.text for c, _ in out] == ["고양이가 소파 위에 누워 있다."] * 2
     assert calls == [[["개"]]]  # one new search, for the first segment alone, without 개
 
