@@ -83,6 +83,9 @@ def beam_search_nbest(
     beam_logp[:, 0] = 0.0  # all beams start identical: keep one
     beam_ids: list[list[int]] = [[] for _ in range(b * k)]
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    # the segments still searched, in row order: live[p] owns rows p*k .. p*k+k-1; a finished
+    # one keeps its (padding) rows until enough have finished to make dropping them pay
+    live = list(range(b))
     done = [False] * b
 
     for step in range(max_len):
@@ -95,15 +98,15 @@ def beam_search_nbest(
             if bad:
                 logp[row, bad] = float("-inf")
         vocab = logp.size(-1)
-        cand = (beam_logp.view(-1, 1) + logp).view(b, k * vocab)
+        cand = (beam_logp.view(-1, 1) + logp).view(len(live), k * vocab)
         top_logp, top_idx = cand.topk(min(2 * k, cand.size(1)), dim=-1)
 
         next_rows, next_tokens, next_logp, next_ids = [], [], [], []
-        for i in range(b):
+        for p, i in enumerate(live):
             kept = 0
-            for lp, flat in zip(top_logp[i].tolist(), top_idx[i].tolist()):
+            for lp, flat in zip(top_logp[p].tolist(), top_idx[p].tolist()):
                 src, tok = divmod(flat, vocab)
-                row = i * k + src
+                row = p * k + src
                 if lp == float("-inf") or done[i]:
                     break
                 if tok == eos_id:
@@ -117,8 +120,8 @@ def beam_search_nbest(
                 kept += 1
                 if kept == k:
                     break
-            while kept < k:  # pad a batch item whose beams ran out (or that is done)
-                next_rows.append(i * k)
+            while kept < k:  # pad a segment whose beams ran out (or that is done)
+                next_rows.append(p * k)
                 next_tokens.append(eos_id)
                 next_logp.append(float("-inf"))
                 next_ids.append([])
@@ -127,23 +130,31 @@ def beam_search_nbest(
                 done[i] = True
         if all(done):
             break
-        index = torch.tensor(next_rows)
-        state = model.select(state, index)
+        keep = [p for p, i in enumerate(live) if not done[i]]
+        if len(keep) <= 0.75 * len(live):  # a quarter or more of the rows finished: drop them
+            rows = [p * k + j for p in keep for j in range(k)]
+            next_rows, next_tokens, next_logp, next_ids = ([xs[r] for r in rows] for xs in
+                                                           (next_rows, next_tokens, next_logp, next_ids))
+            index = torch.tensor(rows)
+            memory, never = model.select(memory, index), never.index_select(0, index)
+            live = [live[p] for p in keep]
+        state = model.select(state, torch.tensor(next_rows))
         tokens = torch.tensor(next_tokens)
-        beam_logp = torch.tensor(next_logp).view(b, k)
-        for i in range(b):
+        beam_logp = torch.tensor(next_logp).view(len(live), k)
+        for p, i in enumerate(live):
             if done[i]:
-                beam_logp[i] = float("-inf")
+                beam_logp[p] = float("-inf")
         beam_ids = next_ids
 
     best: list[list[Hypothesis]] = []
     for i in range(b):
         pool = list(finished[i])
-        if not pool:  # hit max_len without <eos>: take the live beams as they are
+        if not pool and i in live:  # hit max_len without <eos>: take the live beams as they are
+            p = live.index(i)
             for j in range(k):
-                lp = float(beam_logp[i, j])
+                lp = float(beam_logp[p, j])
                 if lp > float("-inf"):
-                    ids = beam_ids[i * k + j]
+                    ids = beam_ids[p * k + j]
                     pool.append(Hypothesis(ids, lp, lp / _length_penalty(len(ids), length_penalty)))
         pool.sort(key=lambda h: -h.rank)
         best.append(pool or [Hypothesis([], float("-inf"), float("-inf"))])

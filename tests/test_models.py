@@ -185,3 +185,38 @@ def test_a_token_banned_for_one_segment_is_never_written_there_only():
     banned = beam_search_nbest(model, feats, mask, item_banned=[[token], []], **kw)
     assert all(token not in h.ids for h in banned[0])
     assert [h.ids for h in banned[1]] == [h.ids for h in free[1]]  # the other segment is untouched
+
+
+class Tiring(Parrot):
+    """A model that tires at its segment's own pace: <eos> grows likelier every word, faster
+    for segments with brighter features, so the segments of one batch finish unevenly."""
+
+    def prepare(self, feats, mask, style=None):
+        pace = feats.mean(dim=(1, 2, 3)).unsqueeze(-1)  # (B, 1), the memory
+        return pace, torch.zeros(feats.size(0), 1)  # state: words written
+
+    def step(self, tokens, state, memory):
+        logits = torch.stack([torch.full_like(state[:, 0], -9.0)] * 10, dim=-1)
+        logits[:, 3:9] = torch.linspace(1.0, 0.0, 6)  # some words likelier than others
+        logits[:, 2] = -4.0 + state[:, 0] * memory[:, 0]
+        return logits, state + 1
+
+
+def test_a_segment_gets_the_same_hypotheses_alone_as_in_a_batch_that_finishes_unevenly():
+    # finished segments leave the batch while the others go on searching (decoding.py):
+    # what each segment gets must not depend on which others share its batch
+    from kvcap.decoding import beam_search_nbest
+
+    paces = [2.0, 0.4, 1.0, 0.25, 0.6]
+    segs = [np.full((1, 49, 8), pace, np.float32) for pace in paces]
+    bans = [[], [4], [], [], [3, 5]]
+    kw = dict(bos_id=1, eos_id=2, banned_ids=(0, 1), beam=3, max_len=30, no_repeat_ngram=2)
+    together = beam_search_nbest(Tiring(), *pad_segments(segs), item_banned=bans, **kw)
+    lengths = set()
+    for i, seg in enumerate(segs):
+        alone = beam_search_nbest(Tiring(), *pad_segments([seg]), item_banned=[bans[i]], **kw)
+        assert [h.ids for h in alone[0]] == [h.ids for h in together[i]]
+        assert [h.logprob for h in alone[0]] == pytest.approx([h.logprob for h in together[i]], abs=1e-5)
+        assert not set(bans[i]) & {t for h in together[i] for t in h.ids}
+        lengths.add(len(together[i][0].ids))
+    assert len(lengths) >= 4  # they did finish at different steps
