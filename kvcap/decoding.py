@@ -71,8 +71,7 @@ def beam_search_nbest(
     b = feats.size(0)
     k = max(1, beam)
     memory, state = model.prepare(feats, frame_mask, style)
-    expand = torch.arange(b).repeat_interleave(k)
-    memory, state = model.select(memory, expand), model.select(state, expand)
+    state = model.select(state, torch.arange(b).repeat_interleave(k))  # memory stays one per segment
 
     never = torch.zeros(b * k, model.config.vocab_size, dtype=torch.bool)
     never[:, list(banned_ids)] = True
@@ -135,8 +134,8 @@ def beam_search_nbest(
             rows = [p * k + j for p in keep for j in range(k)]
             next_rows, next_tokens, next_logp, next_ids = ([xs[r] for r in rows] for xs in
                                                            (next_rows, next_tokens, next_logp, next_ids))
-            index = torch.tensor(rows)
-            memory, never = model.select(memory, index), never.index_select(0, index)
+            memory = model.select(memory, torch.tensor(keep))  # memory: one per live segment
+            never = never.index_select(0, torch.tensor(rows))
             live = [live[p] for p in keep]
         state = model.select(state, torch.tensor(next_rows))
         tokens = torch.tensor(next_tokens)

@@ -198,7 +198,8 @@ class Tiring(Parrot):
     def step(self, tokens, state, memory):
         logits = torch.stack([torch.full_like(state[:, 0], -9.0)] * 10, dim=-1)
         logits[:, 3:9] = torch.linspace(1.0, 0.0, 6)  # some words likelier than others
-        logits[:, 2] = -4.0 + state[:, 0] * memory[:, 0]
+        pace = memory[:, 0].repeat_interleave(tokens.size(0) // memory.size(0))  # one per segment
+        logits[:, 2] = -4.0 + state[:, 0] * pace
         return logits, state + 1
 
 

@@ -87,18 +87,25 @@ class Attend(CaptionModel):
 
     def attend(self, h, memory):
         v, keys, region_mask = memory[:3]
-        # (B, N, A) is the largest tensor of a step (beams x regions x attn_dim): made once,
-        # squashed in place, then scored, instead of three such tensors per word
-        energy = keys + self.att_state(h).unsqueeze(1)
+        # memory is kept once per segment; h may hold k beams per segment (consecutive rows):
+        # each segment's regions are then read once for all its beams, as one small matmul
+        s, n = keys.shape[:2]
+        k = h.size(0) // s
+        # (S, k, N, A) is the largest tensor of a step: made once, squashed in place, then
+        # scored, instead of three such tensors per word
+        energy = keys.unsqueeze(1) + self.att_state(h).view(s, k, 1, -1)
         scores = energy.tanh_() @ self.att_score.weight.squeeze(0) + self.att_score.bias
-        scores = scores.masked_fill(~region_mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=-1)  # (B, N)
-        ctx = torch.bmm(alpha.unsqueeze(1), v).squeeze(1)
-        return ctx * torch.sigmoid(self.gate(h)), alpha
+        scores = scores.masked_fill(~region_mask.unsqueeze(1), float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)  # (S, k, N)
+        ctx = torch.bmm(alpha, v).view(h.size(0), -1)
+        return ctx * torch.sigmoid(self.gate(h)), alpha.view(h.size(0), n)
 
     def step(self, tokens, state, memory):
         h, c = state
         ctx, _ = self.attend(h, memory)
         h, c = self.lstm(torch.cat([self.embed(tokens), ctx], dim=-1), (h, c))
-        logits = self.out(self.drop(torch.tanh(h + self.ctx_out(ctx) + memory[3])))
+        bias = memory[3]
+        if bias.size(0) != h.size(0):  # one per segment, k beams each
+            bias = bias.repeat_interleave(h.size(0) // bias.size(0), dim=0)
+        logits = self.out(self.drop(torch.tanh(h + self.ctx_out(ctx) + bias)))
         return logits, (h, c)

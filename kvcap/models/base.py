@@ -94,6 +94,8 @@ class CaptionModel(nn.Module):
         raise NotImplementedError
 
     def step(self, tokens: torch.Tensor, state, memory):
+        """One word: `tokens` and `state` hold k rows per segment (k beams, consecutive rows; k
+        = 1 in training), `memory` one per segment (or one per row) -> logits, new state."""
         raise NotImplementedError
 
     @staticmethod
