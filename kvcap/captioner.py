@@ -24,7 +24,7 @@ from .captions import Caption
 from .features import Encoder, load_image
 from .frames import KeyframePool
 from .progress import progress_bar
-from .shots import Segment, SegmentSpec, ShotDetector, detect_size, segments_from_cuts
+from .shots import Segment, SegmentSpec, ShotDetector, detect_size, load_detectors, segments_from_cuts
 from .stories import group_frames, group_windows
 from .video import VideoInfo, frames, probe
 
@@ -102,6 +102,7 @@ class Captioner:
         self._encoder_backend = encoder_backend
         self._encoder: Encoder | None = None
         korean.kiwi()  # load the analyser now, once per process, not inside the first caption
+        load_detectors()  # the same for the shot detector's library
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> "Captioner":

@@ -1,6 +1,7 @@
 """Features -> Korean sentences: pad segments, search, rebuild the text, repair it."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -105,13 +106,26 @@ def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> li
 
 def _caption(h, vocab: Vocab, repair: bool, check: bool, probs=None) -> Caption:
     tokens = vocab.decode(h.ids)
+    text, nouns, problems = _korean(tuple(tokens), repair, check)
+    if nouns is not None:
+        nouns = set(nouns)
+        problems = list(problems) + sight.problems(text, probs, nouns)
+    return Caption(text, h.score, tokens, list(problems), h.rank, nouns)
+
+
+@functools.lru_cache(maxsize=8192)
+def _korean(tokens: tuple[str, ...], repair: bool, check: bool) -> tuple[str, frozenset | None, tuple[str, ...]]:
+    """The sentence of some morphemes, its nouns and its sentence problems (None and () without
+    `check`). Cached: the beams of both styles, and a segment decoded again around a doubted
+    noun, write many of the same hypotheses, and the Korean work is a quarter of captioning."""
     text = korean.detokenize(tokens)
     if repair:
         text = korean.repair(text)
     text = korean.finish_sentence(text)
-    nouns = korean.nouns_many([text])[0] if check and text else None
-    problems = korean.sentence_problems(text) + sight.problems(text, probs, nouns) if check and text else []
-    return Caption(text, h.score, tokens, problems, h.rank, nouns)
+    if not (check and text):
+        return text, None, ()
+    toks = korean.analyse(text)
+    return text, frozenset(korean.nouns_of(toks)), tuple(korean.sentence_problems(text, toks))
 
 
 def _choose(candidates) -> Caption:

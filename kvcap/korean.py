@@ -132,7 +132,17 @@ NOUN_SYNONYMS = {
 def nouns_many(texts: Sequence[str]) -> list[set[str]]:
     """The things each sentence names: Kiwi's common and proper nouns (NNG, NNP), variants
     folded (NOUN_SYNONYMS), relational nouns ('위', '옆', '배경') left out."""
-    return [{n for t in toks if (n := noun_name(t.form, t.tag))} for toks in kiwi().tokenize([normalize(t) for t in texts])]
+    return [nouns_of(toks) for toks in kiwi().tokenize([normalize(t) for t in texts])]
+
+
+def analyse(text: str) -> list:
+    """Kiwi's tokens of one sentence, for `nouns_of` and `sentence_problems` to share."""
+    return kiwi().tokenize(normalize(text))
+
+
+def nouns_of(toks) -> set[str]:
+    """`nouns_many` of one sentence already analysed (`analyse`)."""
+    return {n for t in toks if (n := noun_name(t.form, t.tag))}
 
 
 def noun_name(form: str, tag: str) -> str | None:
@@ -270,7 +280,7 @@ ANIMATE = {
 THING_VERBS = {"놓이", "쌓이", "꽂히", "담기", "진열", "주차", "전시", "펼쳐지", "세워지"}
 
 
-def sentence_problems(text: str) -> list[str]:
+def sentence_problems(text: str, toks: list | None = None) -> list[str]:
     """What is wrong with a generated sentence as a description, by Kiwi's analysis.
 
     - "no subject": nothing marked as subject ('흰 바탕 위에 앉아 있다.');
@@ -280,9 +290,10 @@ def sentence_problems(text: str) -> list[str]:
       own kind is possible: '개 옆에 개가 있다' passes;
     - "said twice": '자전거를 탄 남자가 자전거를 타고 있다', '흰 옷을 입은 여자가 검은 옷을 입고
       있다' (see `_said_twice`).
-    An empty list means none was found. Used to pass over such beam hypotheses.
+    An empty list means none was found. Used to pass over such beam hypotheses. `toks`:
+    `analyse(text)`, where the caller has it already.
     """
-    toks = kiwi().tokenize(normalize(text))
+    toks = analyse(text) if toks is None else toks
     problems = []
     subjects = []
     subject_at = 0  # where the last subject stands

@@ -113,6 +113,30 @@ def test_generate_passes_over_a_hypothesis_with_problems():
     assert _choose(iter([bad])) is bad  # nothing better: the best is kept, its problem listed
 
 
+def test_hypotheses_written_again_get_the_same_checks_and_their_own_copies():
+    """The Korean work of a hypothesis is cached (both styles and the second decoding write
+    many of the same): a repeat gets what the first got, the broken form repaired, and its
+    own nouns and problems to change."""
+    from kvcap.captions import _caption, _korean
+    from kvcap.decoding import Hypothesis
+
+    tokens = korean.tokenize("한 남자가 탁자 위에서 있다.")  # repaired to '…위에 서 있다.'
+    vocab = korean.Vocab(list(korean.SPECIALS) + sorted(set(tokens)))
+    h = Hypothesis(vocab.encode(tokens) + [vocab.eos_id], -1.0, -1.0)
+    _korean.cache_clear()
+    first, again = _caption(h, vocab, True, True), _caption(h, vocab, True, True)
+    assert _korean.cache_info().hits == 1
+    assert first.text == again.text == "한 남자가 탁자 위에 서 있다."
+    assert first.nouns == again.nouns == {"남자", "탁자"} and first.problems == again.problems == []
+    first.nouns.add("개")
+    first.problems.append("said twice")
+    assert _caption(h, vocab, True, True).nouns == {"남자", "탁자"} and again.problems == []
+    bad = korean.tokenize("한 남자가 탁자 위에 놓여 있다.")
+    vocab = korean.Vocab(list(korean.SPECIALS) + sorted(set(bad)))
+    c = _caption(Hypothesis(vocab.encode(bad), -1.0, -1.0), vocab, True, True)
+    assert c.problems == ["thing verb with a living subject"]
+
+
 # ----------------------------------------------------------------------------- confidence
 
 
