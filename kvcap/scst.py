@@ -168,7 +168,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise KvcapError("a model is already there (use --resume to continue it, or another --out)", out)
     loaded = modelfile.load(source)
     model, vocab = loaded.model.float(), loaded.vocab
-    data = load_split(source, cfg.data, cfg.format, cfg.root, "validation", not cfg.quiet)
+    data = load_split(source, cfg.data, cfg.format, cfg.root, "validation", not cfg.quiet, loaded.model.config.encoder)
     train = data.train[: cfg.limit] if cfg.limit else data.train
     refs = korean.tokenize_many([c for i in train for c in data.examples[i].captions])
     it = iter(refs)

@@ -37,7 +37,7 @@ from . import data as datasets
 from . import korean, metrics, modelfile
 from .captions import generate, pad_segments
 from .errors import KvcapError
-from .features import FeatureCache, encode_files
+from .features import FeatureCache, check_encoder, encode_files
 from .inputs import VIDEO_EXTS
 from .korean import Vocab
 from .outputs import pid_alive
@@ -77,6 +77,7 @@ class TrainConfig:
     dropout: float = 0.5
     max_len: int = 32
     attributes: bool = True  # ImageNet class scores as a second input (attend only)
+    encoder: str = "efficientnet-lite0"  # features.ENCODERS; stored in the model's config
     # caption styles (attend only): "general" = one style for every dataset plus a "general"
     # style of short captions to fall back on when unsure; "dataset" = also one per dataset,
     # predicted per picture (the ablation found it hurt); "none"
@@ -144,7 +145,7 @@ def _device(name: str, rank: int) -> torch.device:
 
 def example_features(examples: list[datasets.Example], cfg: TrainConfig, report) -> tuple[list[np.ndarray], list[int]]:
     """(T, R, D) float16 features per example; returns them and the indices that worked."""
-    cache = FeatureCache(cfg.cache)
+    cache = FeatureCache(cfg.cache, check_encoder(cfg.encoder))
     images: list[Path] = []
     owner: list[tuple[int, int]] = []  # (example, frame slot)
     video_feats: dict[int, np.ndarray] = {}
@@ -184,7 +185,7 @@ def _video_features(path: Path, n: int, cache: FeatureCache) -> np.ndarray:
     if cached is not None:
         return cached.reshape(n, -1, cached.shape[-1]) if cached.ndim == 2 else cached
     frames = sample_frames(path, n)
-    feats = Encoder().encode(frames).astype(np.float16)
+    feats = Encoder(name=cache.encoder_name).encode(frames).astype(np.float16)
     cache.put(key, feats)
     return feats
 
@@ -195,7 +196,7 @@ def video_like_features(prep: Prepared, cfg: TrainConfig) -> dict[int, torch.Ten
     from .augment import rng_for, video_like
     from .features import Encoder, load_image
 
-    cache = FeatureCache(cfg.cache)
+    cache = FeatureCache(cfg.cache, cfg.encoder)
     photos = [i for i in sorted({i for i, _, _ in prep.pairs})
               if not any(m.suffix.lower() in VIDEO_EXTS for m in prep.examples[i].media)]
     result: dict[int, torch.Tensor] = {}
@@ -207,7 +208,7 @@ def video_like_features(prep: Prepared, cfg: TrainConfig) -> dict[int, torch.Ten
             found = {k: cache.get(k) for ks in keys.values() for k in ks}
             todo = [(k, m) for i in chunk for k, m in zip(keys[i], prep.examples[i].media) if found[k] is None]
             if todo:
-                encoder = encoder or Encoder()
+                encoder = encoder or Encoder(name=cfg.encoder)
                 imgs = [load_image(video_like(Image.open(m), rng_for(k, cfg.seed))) for k, m in todo]
                 for (k, _), f in zip(todo, encoder.encode(np.stack(imgs))):
                     cache.put(k, f)
@@ -409,7 +410,7 @@ def new_model(cfg: TrainConfig, prep: Prepared):
     prep = replace(prep, style_names=style_names(cfg, prep.sources, prep.general))
     attend = cfg.arch == "attend"
     mcfg = ModelConfig(arch=cfg.arch, vocab_size=len(prep.vocab), embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
-                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len,
+                       attn_dim=cfg.attn_dim, dropout=cfg.dropout, max_len=cfg.max_len, encoder=cfg.encoder,
                        classes=1000 if attend and cfg.attributes else 0,
                        sources=list(prep.style_names), general=bool(prep.style_names and prep.general))
     torch.manual_seed(cfg.seed)
@@ -417,17 +418,21 @@ def new_model(cfg: TrainConfig, prep: Prepared):
     if mcfg.classes:
         from .features import classifier_head
 
-        w, b = classifier_head()
+        w, b = classifier_head(cfg.encoder)
         model.cls_weight.copy_(torch.from_numpy(w))
         model.cls_bias.copy_(torch.from_numpy(b))
     return model, prep
 
 
-def start_from(folder: str, prep: Prepared):
+def start_from(folder: str, prep: Prepared, encoder: str):
     """The model of `folder` to train on, and `prep` with its styles. Refused unless it was
-    trained on these data: the same vocabulary and the same validation and test photos
-    (split.json), so that its validation scores stay comparable and no test photo is trained on."""
+    trained on these data: the same encoder and vocabulary and the same validation and test
+    photos (split.json), so that its validation scores stay comparable and no test photo is
+    trained on."""
     start = modelfile.load(folder)
+    if start.model.config.encoder != encoder:
+        raise KvcapError(f"--init: this model reads {start.model.config.encoder} features "
+                         f"(train it with --encoder {start.model.config.encoder})", folder)
     if start.vocab.tokens != prep.vocab.tokens:
         raise KvcapError("--init: this model's vocabulary is not the one these data give "
                          "(train on the same datasets, --seed and --min-count)", folder)
@@ -461,7 +466,7 @@ def fit(cfg: TrainConfig, prep: Prepared | None = None) -> dict:
             torch.distributed.barrier()
     say = (lambda m: note(m, not cfg.quiet)) if rank == 0 else (lambda m: None)
 
-    model, prep = start_from(cfg.init, prep) if cfg.init else new_model(cfg, prep)
+    model, prep = start_from(cfg.init, prep, cfg.encoder) if cfg.init else new_model(cfg, prep)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0,

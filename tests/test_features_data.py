@@ -31,6 +31,29 @@ def test_encoder_shapes_and_backends_agree(encoders, videos):
     assert np.linalg.norm(pooled[0] - pooled[2]) > 0
 
 
+def test_lite2_reads_the_same_grid_with_its_own_weights(encoders, videos, tmp_path):
+    """The second encoder: its own ImageNet weights (it tells a cockatoo from the frames), the
+    same (49, 1280) grid, the same numbers through ONNX Runtime, and its own cache entries."""
+    from kvcap.features import classifier_head
+    from kvcap.frames import sample_frames
+
+    frames = sample_frames(videos / "cockatoo.mp4", 3)
+    lite2 = Encoder("torch", name="efficientnet-lite2").encode(frames)
+    assert lite2.shape == (3, 49, 1280)
+    assert np.abs(lite2 - Encoder("onnx", name="efficientnet-lite2").encode(frames)).max() < 1e-3
+    w, b = classifier_head("efficientnet-lite2")
+    assert ((lite2.mean(axis=1) @ w.T + b).argmax(axis=1) == 89).sum() >= 2  # 89: sulphur-crested cockatoo
+    assert np.abs(lite2 - encoders[0].encode(frames)).mean() > 0.05  # not Lite0's features
+    img = tmp_path / "a.png"
+    Image.fromarray(frames[0]).save(img)
+    cache = FeatureCache(tmp_path / "cache", "efficientnet-lite2")
+    with pytest.raises(ValueError, match="efficientnet-lite0 features"):
+        encode_files([img], encoder=encoders[1], cache=cache, progress=False)
+    feats, _ = encode_files([img], cache=cache, progress=False)  # the cache's own encoder
+    assert np.abs(feats[0].astype(np.float32) - lite2[0]).max() < 0.02  # float16 on disk
+    assert encode_files([img], cache=FeatureCache(tmp_path / "cache"), progress=False)[0][0].tolist() != feats[0].tolist()
+
+
 def test_images_are_resized_whole_not_cropped(tmp_path):
     img = np.zeros((100, 400, 3), np.uint8)
     img[:, :50] = 255  # a white band at the far left survives a whole resize, not a centre crop

@@ -261,6 +261,7 @@ def _broken_model(tmp_path: Path, change) -> Path:
     (lambda c: {**c, "model": {**c["model"], "hidden_dim": "512"}}, "hidden_dim must be int"),
     (lambda c: {**c, "model": {**c["model"], "dropout": "high"}}, "dropout must be float"),
     (lambda c: {**c, "model": {**c["model"], "hidden_dim": 10 ** 7}}, "hidden_dim 10000000 is out of range"),
+    (lambda c: {**c, "model": {**c["model"], "encoder": "resnet-50"}}, "encoder 'resnet-50' is not one of"),
     (lambda c: {**c, "model": {**c["model"], "hidden_dim": 1024}}, "weights do not match the config"),
     (lambda c: {**c, "decoding": {"beam": "five"}}, "decoding.beam"),
     (lambda c: {**c, "decoding": {"beam": 5, "length_penalty": None}}, "length_penalty"),

@@ -145,6 +145,27 @@ def test_init_refuses_a_model_trained_on_other_data(koflickr, reference_run, tmp
     assert r.returncode == 2 and "--video-like" in r.stderr
 
 
+def test_a_model_trained_on_lite2_features_is_captioned_with_them(koflickr, reference_run, videos, tmp_path):
+    """--encoder is stored in the model: its class head is that encoder's, captioning encodes
+    frames with it, and a model of the other encoder is refused as a start (one line)."""
+    from kvcap import Captioner
+    from kvcap.features import classifier_head
+
+    out = tmp_path / "lite2"
+    fit(small_cfg(koflickr, out, encoder="efficientnet-lite2", epochs=1))
+    loaded = modelfile.load(out)
+    assert loaded.model.config.encoder == "efficientnet-lite2"
+    w, _ = classifier_head("efficientnet-lite2")
+    assert torch.allclose(loaded.model.cls_weight.float(), torch.from_numpy(w), rtol=1e-3, atol=1e-3)
+    cap = Captioner.from_pretrained(out)
+    assert cap.encoder.name == "efficientnet-lite2" and cap.caption_video(videos / "cockatoo.mp4").segments
+    r = kvcap("train", str(koflickr), "--out", str(tmp_path / "m"), "--init", str(reference_run[0]),
+              "--encoder", "efficientnet-lite2", *SMALL)
+    assert r.returncode == 2 and "--encoder efficientnet-lite0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = kvcap("train", str(koflickr), "--out", str(tmp_path / "m3"), "--encoder", "resnet", *SMALL)
+    assert r.returncode == 2 and "unknown encoder 'resnet'" in r.stderr
+
+
 def test_ddp_two_cpu_processes_agree_and_learn(koflickr, tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from ..features import ENCODERS
+
 
 LIMITS = {"vocab_size": 1 << 20, "max_len": 512}  # others: at most 16384 (far above any real model)
 
@@ -29,7 +31,7 @@ class ModelConfig:
     attn_dim: int = 256
     dropout: float = 0.5
     max_len: int = 32  # morphemes, <eos> included
-    encoder: str = "efficientnet-lite0"
+    encoder: str = "efficientnet-lite0"  # which features it reads (features.ENCODERS)
     # attributes (Yao et al. 2017): the encoder's own ImageNet class scores as a second
     # input; 0 = off, 1000 = on (the classifier head's weights are stored with the model)
     classes: int = 0
@@ -64,6 +66,8 @@ class ModelConfig:
                 raise ValueError(f"config {key} {getattr(config, key)} is out of range")
         if not 0 <= config.dropout < 1 or config.classes not in (0, 1000):
             raise ValueError("config dropout must be in [0, 1) and classes 0 or 1000")
+        if config.encoder not in ENCODERS:
+            raise ValueError(f"config encoder {config.encoder!r} is not one of {', '.join(ENCODERS)}")
         return config
 
     @property
