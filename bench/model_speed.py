@@ -39,7 +39,7 @@ def main() -> None:
 
     from kvcap import Captioner, modelfile
     from kvcap.errors import KvcapError
-    from kvcap.features import Encoder, check_encoder, load_image
+    from kvcap.features import Encoder, load_image
 
     paths = sorted(args.images.glob("*.jpg"))[:64]
     frames = np.stack([load_image(p) for p in paths])
@@ -48,7 +48,7 @@ def main() -> None:
     runs = [("torch", "efficientnet-lite0"), ("onnx", "efficientnet-lite0"), ("onnx", "efficientnet-lite2")]
     for backend, name in runs:
         try:
-            enc = Encoder(backend, batch_size=32, name=check_encoder(name))
+            enc = Encoder(backend, batch_size=32, name=name)
         except KvcapError as exc:
             print(f"  {name} {backend}: not measured ({exc})")
             continue

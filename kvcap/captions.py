@@ -106,11 +106,12 @@ def _class_probs(model: CaptionModel, x: torch.Tensor, mask: torch.Tensor) -> li
 
 def _caption(h, vocab: Vocab, repair: bool, check: bool, probs=None) -> Caption:
     tokens = vocab.decode(h.ids)
-    text, nouns, problems = _korean(tuple(tokens), repair, check)
+    text, nouns, checked = _korean(tuple(tokens), repair, check)
+    problems = list(checked)  # the caption's own copies: the cache keeps frozen ones
     if nouns is not None:
         nouns = set(nouns)
-        problems = list(problems) + sight.problems(text, probs, nouns)
-    return Caption(text, h.score, tokens, list(problems), h.rank, nouns)
+        problems += sight.problems(text, probs, nouns)
+    return Caption(text, h.score, tokens, problems, h.rank, nouns)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -37,7 +37,7 @@ from . import data as datasets
 from . import korean, metrics, modelfile
 from .captions import generate, pad_segments
 from .errors import KvcapError
-from .features import FeatureCache, check_encoder, encode_files
+from .features import ENCODER_NAME, FeatureCache, check_encoder, encode_files
 from .inputs import VIDEO_EXTS
 from .korean import Vocab
 from .outputs import pid_alive
@@ -77,7 +77,7 @@ class TrainConfig:
     dropout: float = 0.5
     max_len: int = 32
     attributes: bool = True  # ImageNet class scores as a second input (attend only)
-    encoder: str = "efficientnet-lite0"  # features.ENCODERS; stored in the model's config
+    encoder: str = ENCODER_NAME  # one of features.ENCODERS; stored in the model's config
     # caption styles (attend only): "general" = one style for every dataset plus a "general"
     # style of short captions to fall back on when unsure; "dataset" = also one per dataset,
     # predicted per picture (the ablation found it hurt); "none"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from ..features import ENCODERS
+from ..features import ENCODER_NAME, ENCODERS
 
 
 LIMITS = {"vocab_size": 1 << 20, "max_len": 512}  # others: at most 16384 (far above any real model)
@@ -31,7 +31,7 @@ class ModelConfig:
     attn_dim: int = 256
     dropout: float = 0.5
     max_len: int = 32  # morphemes, <eos> included
-    encoder: str = "efficientnet-lite0"  # which features it reads (features.ENCODERS)
+    encoder: str = ENCODER_NAME  # which features it reads (features.ENCODERS)
     # attributes (Yao et al. 2017): the encoder's own ImageNet class scores as a second
     # input; 0 = off, 1000 = on (the classifier head's weights are stored with the model)
     classes: int = 0
